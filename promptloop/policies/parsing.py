@@ -1,0 +1,89 @@
+"""Turning raw policy text into a prompt, or into a recorded fallback."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from promptloop.refinement import Fallback, Refinement
+
+DEFAULT_MAX_PROMPT_CHARS = 600
+_PREFIX = re.compile(r"^\s*(?:new|improved|refined|rewritten)?\s*prompt\s*[:\-]\s*", re.IGNORECASE)
+_QUOTES = "\"'`\u201c\u201d\u2018\u2019"
+
+
+def clean_prompt_text(raw: str) -> str:
+    """Strip chat noise around a prompt: a ``Prompt:`` prefix, quotes, code fences, blank lines."""
+    text = raw.replace("\r", "\n").strip()
+    text = text.strip("`").strip()
+    lines = [line.strip() for line in text.split("\n") if line.strip()]
+    if not lines:
+        return ""
+    line = _PREFIX.sub("", lines[0]) or (lines[1] if len(lines) > 1 else "")
+    return line.strip().strip(_QUOTES).strip()
+
+
+def _looks_garbled(text: str) -> bool:
+    if "\ufffd" in text:
+        return True
+    return any(unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn") for ch in text)
+
+
+def parse_refinement(
+    raw: str | None,
+    current_prompt: str,
+    *,
+    finished: bool = True,
+    max_chars: int = DEFAULT_MAX_PROMPT_CHARS,
+) -> Refinement:
+    """Parse one policy output; any rejected output falls back to ``current_prompt``.
+
+    ``finished`` is False when generation stopped at its token budget instead of an end token:
+    the prompt may be cut mid-sentence, so it is rejected as ``truncated``.
+    """
+    if raw is None:
+        return Refinement.fallback_to(current_prompt, Fallback.EMPTY)
+    if _looks_garbled(raw.replace("\n", " ").replace("\t", " ")):
+        return Refinement.fallback_to(current_prompt, Fallback.UNPARSABLE, raw_text=raw)
+    text = clean_prompt_text(raw)
+    if not text:
+        return Refinement.fallback_to(current_prompt, Fallback.EMPTY, raw_text=raw)
+    if len(text) > max_chars:
+        return Refinement.fallback_to(current_prompt, Fallback.TOO_LONG, raw_text=raw)
+    if not finished:
+        return Refinement.fallback_to(current_prompt, Fallback.TRUNCATED, raw_text=raw)
+    return Refinement(text=text, raw_text=raw)
+
+
+_NUMBERED = re.compile(r"^\s*(\d+)\s*[.):\-]\s*(.*)$")
+
+
+def parse_plan(
+    raw: str | None, current_prompt: str, count: int, *, max_chars: int = DEFAULT_MAX_PROMPT_CHARS
+) -> list[Refinement]:
+    """Parse an ``ahead`` plan: ``count`` numbered lines; missing or bad lines fall back.
+
+    A bad line falls back to the prompt in force before it (the previous good line or the
+    original prompt), so the plan is always ``count`` long.
+    """
+    by_number: dict[int, str] = {}
+    unnumbered: list[str] = []
+    for line in (raw or "").replace("\r", "\n").split("\n"):
+        if not line.strip():
+            continue
+        match = _NUMBERED.match(line)
+        if match:
+            by_number.setdefault(int(match.group(1)), match.group(2))
+        else:
+            unnumbered.append(line)
+    out: list[Refinement] = []
+    previous = current_prompt
+    for i in range(1, count + 1):
+        line = by_number.get(i)
+        if line is None and not by_number and i - 1 < len(unnumbered):
+            line = unnumbered[i - 1]
+        refinement = parse_refinement(line, previous, max_chars=max_chars)
+        refinement.raw_text = raw if i == 1 else line
+        out.append(refinement)
+        previous = refinement.text
+    return out

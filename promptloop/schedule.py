@@ -1,0 +1,137 @@
+"""Refine schedules: at which denoising steps the policy rewrites the prompt.
+
+A schedule is given as step indices (``[5, 10, 15]``), fractions of the trajectory
+(``[0.2, 0.4, 0.6]``), a count of equally spaced refinements (``RefineSchedule.evenly(5)``) or a
+string from the command line (``"5,10,15"``, ``"0.2,0.4"``, ``"every:5"``, ``"evenly:3"``).
+It is resolved against the number of steps of one sampling run into sorted, unique step
+indices. Refining "at step k" means: after denoising step ``k`` (0-based) has finished, the
+policy sees its preview and the new prompt conditions steps ``k + 1 .. N - 1``. Step ``N - 1``
+is never a refinement step (nothing would follow it).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RefineSchedule:
+    """Where to refine, independent of the number of steps until :meth:`resolve` is called."""
+
+    steps: tuple[int, ...] = ()
+    fractions: tuple[float, ...] = ()
+    count: int = 0  # equally spaced refinements (the paper's inference setting)
+    every: int = 0  # a refinement every ``every`` steps
+    random_count: int = 0  # refinements at random steps (the paper's training setting)
+    seed: int | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if any(s < 0 for s in self.steps):
+            raise ValueError(f"schedule steps must be >= 0, got {list(self.steps)}")
+        if any(not 0.0 <= f < 1.0 for f in self.fractions):
+            raise ValueError(f"schedule fractions must be in [0, 1), got {list(self.fractions)}")
+        if min(self.count, self.every, self.random_count) < 0:
+            raise ValueError("count, every and random_count must be >= 0")
+
+    # -- constructors ---------------------------------------------------------------------
+    @classmethod
+    def none(cls) -> RefineSchedule:
+        return cls()
+
+    @classmethod
+    def at_steps(cls, steps: Iterable[int]) -> RefineSchedule:
+        return cls(steps=tuple(int(s) for s in steps))
+
+    @classmethod
+    def at_fractions(cls, fractions: Iterable[float]) -> RefineSchedule:
+        return cls(fractions=tuple(float(f) for f in fractions))
+
+    @classmethod
+    def evenly(cls, count: int) -> RefineSchedule:
+        return cls(count=int(count))
+
+    @classmethod
+    def random(cls, count: int, seed: int | None = None) -> RefineSchedule:
+        return cls(random_count=int(count), seed=seed)
+
+    @classmethod
+    def parse(cls, spec: str | Sequence[int | float] | RefineSchedule | None) -> RefineSchedule:
+        """Build a schedule from what a user typed or passed.
+
+        Accepted: ``None``/``""``/``"none"``; a list of ints (steps) or floats (fractions);
+        ``"3,6,9"``; ``"0.2,0.5"``; ``"every:4"``; ``"evenly:5"`` (or ``"5x"``); ``"random:5"``.
+        """
+        if spec is None or isinstance(spec, RefineSchedule):
+            return spec or cls()
+        if not isinstance(spec, str):
+            values = list(spec)
+            if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+                return cls.at_steps(values)
+            return cls.at_fractions(float(v) for v in values)
+        text = spec.strip().lower()
+        if text in ("", "none", "off"):
+            return cls()
+        if ":" in text:
+            kind, _, arg = text.partition(":")
+            try:
+                number = int(arg)
+            except ValueError:
+                raise ValueError(f"bad schedule {spec!r}: {kind}: needs an integer") from None
+            if kind == "every":
+                return cls(every=number)
+            if kind in ("evenly", "even", "count"):
+                return cls(count=number)
+            if kind == "random":
+                return cls(random_count=number)
+            raise ValueError(f"bad schedule {spec!r}: unknown kind {kind!r} (use every:, evenly:, random:)")
+        if text.endswith("x") and text[:-1].isdigit():
+            return cls(count=int(text[:-1]))
+        parts = [p.strip() for p in text.split(",") if p.strip()]
+        try:
+            if all(p.isdigit() for p in parts):
+                return cls.at_steps(int(p) for p in parts)
+            return cls.at_fractions(float(p) for p in parts)
+        except ValueError:
+            raise ValueError(
+                f"bad schedule {spec!r}: use step indices '5,10', fractions '0.2,0.5', "
+                "'evenly:5', 'every:4' or 'random:5'"
+            ) from None
+
+    # -- resolution -----------------------------------------------------------------------
+    def resolve(self, num_steps: int) -> list[int]:
+        """Sorted unique step indices in ``[0, num_steps - 2]`` for a run of ``num_steps`` steps."""
+        if num_steps < 2:
+            return []
+        last = num_steps - 2  # refining after the final step would change nothing
+        chosen: set[int] = {s for s in self.steps if s <= last}
+        for f in self.fractions:
+            chosen.add(min(last, int(round(f * num_steps))))
+        if self.count:
+            # Equally spaced over the trajectory: k/(count+1) of the way, k = 1..count.
+            for k in range(1, self.count + 1):
+                chosen.add(min(last, max(0, int(round(k * num_steps / (self.count + 1))) - 1)))
+        if self.every:
+            chosen.update(range(self.every - 1, last + 1, self.every))
+        if self.random_count:
+            rng = random.Random(self.seed)
+            pool = list(range(0, last + 1))
+            chosen.update(rng.sample(pool, min(self.random_count, len(pool))))
+        return sorted(chosen)
+
+    def __bool__(self) -> bool:
+        return bool(self.steps or self.fractions or self.count or self.every or self.random_count)
+
+
+def segments(refine_steps: Sequence[int], num_steps: int) -> list[tuple[int, int]]:
+    """Split ``range(num_steps)`` into half-open ``(start, end)`` segments of constant prompt.
+
+    Segment ``j`` ends right after refinement step ``refine_steps[j]``; the last one ends at
+    ``num_steps``. Samplers that run one segment at a time (ComfyUI) use this.
+
+    >>> segments([2, 5], 8)
+    [(0, 3), (3, 6), (6, 8)]
+    """
+    bounds = [0] + [s + 1 for s in sorted(set(refine_steps)) if 0 <= s < num_steps - 1] + [num_steps]
+    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
