@@ -1,1 +1,28 @@
-"""TODO"""
+"""Per-family adapters (SD, SDXL, SD3, FLUX) and backbone loading."""
+
+from promptloop.backbones.base import BackboneAdapter, EncodedPrompts
+from promptloop.backbones.families import (
+    ADAPTERS,
+    FluxAdapter,
+    StableDiffusion3Adapter,
+    StableDiffusionAdapter,
+    StableDiffusionXLAdapter,
+    adapter_for,
+    detect_family,
+)
+from promptloop.backbones.loading import default_device, load_pipeline, resolve_dtype
+
+__all__ = [
+    "ADAPTERS",
+    "BackboneAdapter",
+    "EncodedPrompts",
+    "FluxAdapter",
+    "StableDiffusion3Adapter",
+    "StableDiffusionAdapter",
+    "StableDiffusionXLAdapter",
+    "adapter_for",
+    "default_device",
+    "detect_family",
+    "load_pipeline",
+    "resolve_dtype",
+]

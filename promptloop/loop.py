@@ -1,0 +1,381 @@
+"""The refinement loop, independent of any sampler: who asks the policy what, when, and what
+prompt each sample has from then on.
+
+:class:`RefineLoop` is the one rollout engine: the diffusers hook drives it from
+``callback_on_step_end``, the ComfyUI sampler drives it at segment boundaries, and the trainers
+drive it through the hook. A sampler calls :meth:`RefineLoop.start` once per run,
+:meth:`RefineLoop.at_step` after every denoising step (with a way to get previews), applies the
+prompt changes it returns to the steps that follow, and calls :meth:`RefineLoop.finish`.
+
+Modes
+-----
+``sync``   At each refinement step sampling waits for the policy (bounded by ``timeout_s``).
+``async``  The policy runs in a background thread on the preview of step ``k`` while sampling
+           goes on; its answer is applied after the first step at which it has arrived, or
+           exactly ``async_delay`` steps later when that is set (deterministic: sampling waits
+           there if needed). Answers that arrive after the last step are recorded, not applied.
+``ahead``  Before the first step the policy writes the prompts for all refinement steps in one
+           batched call, without previews; sampling is never interrupted.
+
+Whatever the policy does (raise, hang, return garbage), the loop records a fallback and the
+sample keeps its current prompt: a generation is never broken by the policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from promptloop.policies.base import Policy
+from promptloop.refinement import Fallback, Observation, Refinement
+from promptloop.schedule import RefineSchedule
+from promptloop.trace import Trace, TraceEntry
+
+logger = logging.getLogger("promptloop")
+
+MODES = ("sync", "async", "ahead")
+PreviewSource = Callable[[], Sequence[Image.Image | None]] | Sequence[Image.Image | None] | None
+
+
+class _Worker:
+    """A daemon thread running submitted calls in order (a hung policy never blocks exit)."""
+
+    def __init__(self, name: str = "promptloop-policy") -> None:
+        self._queue: queue.Queue = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            fn, future = self._queue.get()
+            if fn is None:
+                return
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - reported through the future
+                future.set_exception(exc)
+
+    def submit(self, fn: Callable[[], Any]) -> Future:
+        future: Future = Future()
+        self._queue.put((fn, future))
+        return future
+
+    def close(self) -> None:
+        self._queue.put((None, None))
+
+
+def call_with_timeout(fn: Callable[[], Any], timeout_s: float | None) -> Any:
+    """Run ``fn``; with a timeout, in a daemon thread. Raises ``TimeoutError`` past the limit."""
+    if timeout_s is None:
+        return fn()
+    worker = _Worker("promptloop-policy-call")
+    try:
+        return worker.submit(fn).result(timeout=timeout_s)
+    except FutureTimeout:
+        raise TimeoutError(f"policy did not answer within {timeout_s:g} s") from None
+    finally:
+        worker.close()
+
+
+@dataclass
+class _AsyncRequest:
+    step: int
+    observations: list[Observation]
+    future: Future
+    submitted: float
+    due_step: int | None
+    previews: list[Image.Image | None] = field(default_factory=list)
+
+
+class RefineLoop:
+    """Per-run refinement state for a batch of samples.
+
+    Args:
+        policy: anything with ``refine(observations) -> refinements`` (and ``plan`` for ``ahead``).
+        schedule: where to refine (see :class:`~promptloop.schedule.RefineSchedule.parse`).
+        mode: ``"sync"``, ``"async"`` or ``"ahead"``.
+        timeout_s: longest wait for one policy call; ``None`` waits forever.
+        async_delay: in async mode, apply each answer exactly this many steps after its request
+            (waiting for it there if needed). ``None``: apply at the first step after arrival.
+        keep_previews: keep preview images in the trace (turn off for long training runs).
+        keep_history: show the policy the sample's earlier prompts.
+    """
+
+    def __init__(
+        self,
+        policy: Policy,
+        schedule: RefineSchedule | str | Sequence[int | float] | None = None,
+        *,
+        mode: str = "sync",
+        timeout_s: float | None = 60.0,
+        async_delay: int | None = None,
+        keep_previews: bool = True,
+        keep_history: bool = True,
+    ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
+        if async_delay is not None and async_delay < 0:
+            raise ValueError("async_delay must be >= 0")
+        if timeout_s is not None and timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0 (or None for no limit)")
+        self.policy = policy
+        self.schedule = RefineSchedule.parse(schedule)
+        self.mode = mode
+        self.timeout_s = timeout_s
+        self.async_delay = async_delay
+        self.keep_previews = keep_previews
+        self.keep_history = keep_history
+        self.trace = Trace()
+        self.refine_steps: list[int] = []
+        self.num_steps = 0
+        self.current: list[str] = []
+        self.policy_calls = 0
+        self._history: list[list[str]] = []
+        self._pending: deque[_AsyncRequest] = deque()
+        self._plan: dict[int, list[Refinement]] = {}
+        self._worker: _Worker | None = None
+        self._started = False
+
+    # -- run lifecycle ----------------------------------------------------------------------
+    def start(self, prompts: Sequence[str], num_steps: int, *, meta: dict[str, Any] | None = None) -> None:
+        """Begin a run of ``num_steps`` steps for ``prompts`` (one per sample)."""
+        self._drop_pending()
+        self.num_steps = int(num_steps)
+        self.refine_steps = self.schedule.resolve(self.num_steps)
+        self.current = list(prompts)
+        self._history = [[] for _ in prompts]
+        self._plan = {}
+        self.policy_calls = 0
+        self.trace = Trace(
+            original_prompts=list(prompts),
+            meta={"mode": self.mode, "num_steps": self.num_steps, "refine_steps": list(self.refine_steps),
+                  "policy": type(self.policy).__name__, **(meta or {})},
+        )
+        self._started = True
+        if self.mode == "ahead" and self.refine_steps and prompts:
+            self._make_plan()
+
+    def wants_preview(self, step: int) -> bool:
+        """Whether :meth:`at_step` will look at previews for this step."""
+        return self.mode in ("sync", "async") and step in self.refine_steps
+
+    def at_step(self, step: int, timestep: float | None = None, previews: PreviewSource = None) -> dict[int, str]:
+        """Call after denoising step ``step`` finished. Returns ``{sample: new prompt}`` to
+        condition steps ``step + 1`` onwards (empty when nothing changes now)."""
+        if not self._started:
+            raise RuntimeError("RefineLoop.at_step called before start()")
+        if step >= self.num_steps - 1:  # nothing follows the last step
+            return {}
+        changes: dict[int, str] = {}
+        if self.mode == "sync" and step in self.refine_steps:
+            observations, images = self._observe(step, timestep, previews)
+            refinements = self._refine_now(observations)
+            changes = self._apply(step, step, observations, refinements, images)
+        elif self.mode == "async":
+            if step in self.refine_steps:
+                self._submit(step, timestep, previews)
+            changes = self._collect(step)
+        elif self.mode == "ahead" and step in self._plan:
+            refinements = self._plan.pop(step)
+            observations = [Observation(self.trace.original_prompts[i], self.current[i], step, self.num_steps,
+                                        timestep=timestep, history=list(self._history[i]), sample_index=i)
+                            for i in range(len(self.current))]
+            changes = self._apply(step, step, observations, refinements, [None] * len(observations))
+        return changes
+
+    def finish(self) -> Trace:
+        """End the run: answers still pending (async) are recorded as not arrived."""
+        for request in self._pending:
+            for obs, image in zip(request.observations, request.previews):
+                ref = Refinement.fallback_to(obs.current_prompt, Fallback.NOT_ARRIVED)
+                if request.future.done() and request.future.exception() is None:
+                    got = request.future.result()
+                    if isinstance(got, list) and len(got) == len(request.observations):
+                        ref.raw_text = got[obs.sample_index if obs.sample_index < len(got) else 0].text
+                self._record(request.step, None, obs, ref, image)
+        self._pending.clear()
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+        self._started = False
+        self.trace.meta["policy_calls"] = self.policy_calls
+        return self.trace
+
+    # -- internals --------------------------------------------------------------------------
+    def _observe(self, step: int, timestep: float | None, previews: PreviewSource):
+        images = list(previews() if callable(previews) else (previews or []))
+        images += [None] * (len(self.current) - len(images))
+        observations = [
+            Observation(
+                original_prompt=self.trace.original_prompts[i],
+                current_prompt=self.current[i],
+                step=step,
+                num_steps=self.num_steps,
+                timestep=timestep,
+                preview=images[i],
+                history=list(self._history[i]) if self.keep_history else [],
+                sample_index=i,
+            )
+            for i in range(len(self.current))
+        ]
+        return observations, images
+
+    def _refine_checked(self, observations: list[Observation]) -> list[Refinement]:
+        self.policy_calls += 1
+        refinements = list(self.policy.refine(observations))
+        if len(refinements) != len(observations) or not all(isinstance(r, Refinement) for r in refinements):
+            raise TypeError(f"policy returned {len(refinements)} items for {len(observations)} observations")
+        return refinements
+
+    def _fallbacks(self, observations: list[Observation], exc: BaseException) -> list[Refinement]:
+        reason = Fallback.TIMEOUT if isinstance(exc, TimeoutError) else Fallback.ERROR
+        message = f"{type(exc).__name__}: {exc}"
+        logger.warning("policy call failed (%s); keeping the current prompts", message)
+        return [Refinement.fallback_to(o.current_prompt, reason, error=message) for o in observations]
+
+    def _refine_now(self, observations: list[Observation]) -> list[Refinement]:
+        start = time.perf_counter()
+        try:
+            refinements = call_with_timeout(lambda: self._refine_checked(observations), self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the policy must never break a generation
+            refinements = self._fallbacks(observations, exc)
+        latency = time.perf_counter() - start
+        for ref in refinements:
+            ref.latency_s = latency
+        return refinements
+
+    def _apply(self, step, applied_step, observations, refinements, images) -> dict[int, str]:
+        changes: dict[int, str] = {}
+        for obs, ref, image in zip(observations, refinements, images):
+            i = obs.sample_index
+            took_effect = ref.fallback is None
+            self._record(step, applied_step if took_effect else None, obs, ref, image)
+            if took_effect and ref.text != self.current[i]:
+                self._history[i].append(self.current[i])
+                self.current[i] = ref.text
+                changes[i] = ref.text
+        return changes
+
+    def _record(self, step, applied_step, obs: Observation, ref: Refinement, image) -> None:
+        self.trace.entries.append(
+            TraceEntry(
+                sample_index=obs.sample_index,
+                step=step,
+                num_steps=self.num_steps,
+                prompt_before=obs.current_prompt,
+                prompt_after=ref.text,
+                applied_step=applied_step,
+                timestep=float(obs.timestep) if obs.timestep is not None else None,
+                fallback=ref.fallback.value if ref.fallback else None,
+                error=ref.error,
+                raw_text=ref.raw_text,
+                latency_s=ref.latency_s,
+                mode=self.mode,
+                preview=image if self.keep_previews else None,
+                token_ids=ref.token_ids,
+                logprobs=ref.logprobs,
+            )
+        )
+
+    # async ------------------------------------------------------------------------------
+    def _submit(self, step: int, timestep: float | None, previews: PreviewSource) -> None:
+        observations, images = self._observe(step, timestep, previews)
+        if self._worker is None:
+            self._worker = _Worker()
+        due = step + self.async_delay if self.async_delay is not None else None
+        future = self._worker.submit(lambda: self._refine_checked(observations))
+        self._pending.append(_AsyncRequest(step, observations, future, time.perf_counter(), due, images))
+
+    def _collect(self, step: int) -> dict[int, str]:
+        changes: dict[int, str] = {}
+        while self._pending:
+            request = self._pending[0]
+            if request.due_step is not None:
+                if step < request.due_step:
+                    break
+                remaining = None
+                if self.timeout_s is not None:
+                    remaining = max(0.0, self.timeout_s - (time.perf_counter() - request.submitted))
+                try:
+                    refinements = request.future.result(timeout=remaining)
+                except FutureTimeout:
+                    refinements = self._fallbacks(request.observations, TimeoutError(
+                        f"policy did not answer within {self.timeout_s:g} s"))
+                except Exception as exc:  # noqa: BLE001
+                    refinements = self._fallbacks(request.observations, exc)
+            elif request.future.done():
+                try:
+                    refinements = request.future.result()
+                except Exception as exc:  # noqa: BLE001
+                    refinements = self._fallbacks(request.observations, exc)
+            elif self.timeout_s is not None and time.perf_counter() - request.submitted > self.timeout_s:
+                refinements = self._fallbacks(request.observations, TimeoutError(
+                    f"policy did not answer within {self.timeout_s:g} s"))
+            else:
+                break
+            self._pending.popleft()
+            latency = time.perf_counter() - request.submitted
+            for ref in refinements:
+                ref.latency_s = ref.latency_s or latency
+            # The request saw the prompts of its own step; re-base on the prompts now in force.
+            for obs in request.observations:
+                obs.current_prompt = self.current[obs.sample_index]
+            for ref, obs in zip(refinements, request.observations):
+                if ref.fallback is not None:
+                    ref.text = obs.current_prompt
+            changes.update(self._apply(request.step, step, request.observations, refinements, request.previews))
+        return changes
+
+    def _drop_pending(self) -> None:
+        self._pending.clear()
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+    # ahead ------------------------------------------------------------------------------
+    def _make_plan(self) -> None:
+        prompts = list(self.current)
+        steps = list(self.refine_steps)
+        start = time.perf_counter()
+
+        def call() -> list[list[Refinement]]:
+            self.policy_calls += 1
+            plan_fn = getattr(self.policy, "plan", None)
+            if plan_fn is None:
+                raise TypeError(f"{type(self.policy).__name__} has no plan() method; ahead mode needs one")
+            plans = list(plan_fn(prompts, steps, self.num_steps))
+            if len(plans) != len(prompts) or any(len(p) != len(steps) for p in plans):
+                raise TypeError("policy.plan returned the wrong number of prompts")
+            return plans
+
+        try:
+            plans = call_with_timeout(call, self.timeout_s)
+        except Exception as exc:  # noqa: BLE001
+            obs = [Observation(p, p, steps[0], self.num_steps, sample_index=i) for i, p in enumerate(prompts)]
+            failed = self._fallbacks(obs, exc)
+            plans = [[Refinement.fallback_to(p, failed[i].fallback, error=failed[i].error) for _ in steps]
+                     for i, p in enumerate(prompts)]
+        latency = time.perf_counter() - start
+        for j, step in enumerate(steps):
+            self._plan[step] = [plans[i][j] for i in range(len(prompts))]
+            for ref in self._plan[step]:
+                ref.latency_s = latency if j == 0 else 0.0
+        self.trace.meta["plan_latency_s"] = latency
+
+    def __del__(self) -> None:  # best effort: stop the worker thread
+        try:
+            self._drop_pending()
+        except Exception:  # noqa: BLE001
+            pass

@@ -1,0 +1,252 @@
+"""The trace of one sampling run: how each sample's prompt evolved, with previews.
+
+One :class:`TraceEntry` per sample per refinement. A trace saves as JSON (previews as PNG files
+beside it), loads back, and renders as a self-contained HTML page or a PNG strip of preview
+thumbnails with the prompt under each.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import textwrap
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, ImageDraw, ImageFont
+
+TRACE_VERSION = 1
+
+
+@dataclass
+class TraceEntry:
+    """One refinement of one sample.
+
+    ``step`` is the step whose preview the policy saw (where the refinement was requested);
+    ``applied_step`` is the step after which the new prompt took effect (equal to ``step`` in
+    sync mode, later in async mode, ``None`` when it never took effect).
+    """
+
+    sample_index: int
+    step: int
+    num_steps: int
+    prompt_before: str
+    prompt_after: str
+    applied_step: int | None = None
+    timestep: float | None = None
+    fallback: str | None = None
+    error: str | None = None
+    raw_text: str | None = None
+    latency_s: float = 0.0
+    mode: str = "sync"
+    preview: Image.Image | None = field(default=None, repr=False, compare=False)
+    token_ids: list[int] | None = field(default=None, repr=False)
+    logprobs: list[float] | None = field(default=None, repr=False)
+
+    @property
+    def changed(self) -> bool:
+        return self.fallback is None and self.prompt_after != self.prompt_before
+
+    def to_dict(self, preview_path: str | None = None) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "preview"}
+        data["preview"] = preview_path
+        return data
+
+
+@dataclass
+class Trace:
+    """All refinements of one pipeline call."""
+
+    original_prompts: list[str] = field(default_factory=list)
+    entries: list[TraceEntry] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    # -- queries ----------------------------------------------------------------------------
+    @property
+    def num_samples(self) -> int:
+        return len(self.original_prompts)
+
+    def for_sample(self, sample_index: int) -> list[TraceEntry]:
+        return sorted((e for e in self.entries if e.sample_index == sample_index), key=lambda e: e.step)
+
+    def final_prompts(self) -> list[str]:
+        """The prompt each sample ended with (what conditioned its last steps)."""
+        finals = list(self.original_prompts)
+        for entry in sorted(self.entries, key=lambda e: (e.applied_step is None, e.applied_step or 0)):
+            if entry.applied_step is not None:
+                finals[entry.sample_index] = entry.prompt_after
+        return finals
+
+    @property
+    def fallbacks(self) -> list[TraceEntry]:
+        return [e for e in self.entries if e.fallback is not None]
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    # -- JSON -------------------------------------------------------------------------------
+    def to_dict(self, preview_paths: dict[int, str] | None = None) -> dict[str, Any]:
+        preview_paths = preview_paths or {}
+        return {
+            "version": TRACE_VERSION,
+            "original_prompts": self.original_prompts,
+            "meta": self.meta,
+            "entries": [e.to_dict(preview_paths.get(i)) for i, e in enumerate(self.entries)],
+        }
+
+    def save(self, directory: str | Path, *, html_page: bool = True, strip: bool = True) -> Path:
+        """Write ``trace.json`` (+ ``previews/*.png``, ``trace.html``, ``trace.png``); return the JSON path."""
+        directory = Path(directory)
+        (directory / "previews").mkdir(parents=True, exist_ok=True)
+        paths: dict[int, str] = {}
+        for i, entry in enumerate(self.entries):
+            if entry.preview is not None:
+                rel = f"previews/sample{entry.sample_index:03d}_step{entry.step:04d}_{i:04d}.png"
+                entry.preview.save(directory / rel)
+                paths[i] = rel
+        json_path = directory / "trace.json"
+        json_path.write_text(json.dumps(self.to_dict(paths), indent=2, default=_json_default))
+        if html_page:
+            (directory / "trace.html").write_text(self.to_html())
+        if strip and self.num_samples:
+            self.render_strip().save(directory / "trace.png")
+        return json_path
+
+    @classmethod
+    def load(cls, path: str | Path) -> Trace:
+        """Load a trace saved by :meth:`save` (a ``trace.json`` path or its directory)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "trace.json"
+        data = json.loads(path.read_text())
+        known = {f.name for f in fields(TraceEntry)}
+        entries = []
+        for raw in data.get("entries", []):
+            preview_rel = raw.pop("preview", None)
+            entry = TraceEntry(**{k: v for k, v in raw.items() if k in known})
+            if preview_rel and (path.parent / preview_rel).exists():
+                with Image.open(path.parent / preview_rel) as img:
+                    entry.preview = img.convert("RGB")
+            entries.append(entry)
+        return cls(list(data.get("original_prompts", [])), entries, dict(data.get("meta", {})))
+
+    # -- rendering --------------------------------------------------------------------------
+    def to_text(self) -> str:
+        """A plain-text account, one block per sample."""
+        lines = []
+        for s, original in enumerate(self.original_prompts):
+            lines.append(f"sample {s}: {original}")
+            for e in self.for_sample(s):
+                where = f"step {e.step + 1}/{e.num_steps}"
+                if e.applied_step is not None and e.applied_step != e.step:
+                    where += f" (applied after step {e.applied_step + 1})"
+                if e.fallback:
+                    lines.append(f"  {where}: kept prompt ({e.fallback}{': ' + e.error if e.error else ''})")
+                else:
+                    lines.append(f"  {where}: {e.prompt_after}  [{e.latency_s * 1000:.0f} ms]")
+            lines.append(f"  final: {self.final_prompts()[s]}")
+        return "\n".join(lines)
+
+    def to_html(self, *, title: str = "PromptLoop trace", images: list[Image.Image] | None = None) -> str:
+        """A self-contained HTML page: per sample, a row of previews with the prompt under each."""
+        rows = []
+        for s, original in enumerate(self.original_prompts):
+            cells = [_html_cell(None, "original", original, None)]
+            for e in self.for_sample(s):
+                label = f"step {e.step + 1}/{e.num_steps}"
+                if e.applied_step is not None and e.applied_step != e.step:
+                    label += f" → applied {e.applied_step + 1}"
+                note = f"kept: {e.fallback}" if e.fallback else f"{e.latency_s * 1000:.0f} ms"
+                cells.append(_html_cell(e.preview, label, e.prompt_after, note, changed=e.changed))
+            if images and s < len(images):
+                cells.append(_html_cell(images[s], "final image", self.final_prompts()[s], None))
+            rows.append(f'<section><h2>Sample {s}</h2><div class="row">{"".join(cells)}</div></section>')
+        meta = "".join(f"<li><b>{html.escape(str(k))}</b>: {html.escape(str(v))}</li>" for k, v in self.meta.items())
+        return _HTML.format(title=html.escape(title), meta=meta, rows="".join(rows))
+
+    def render_strip(
+        self, *, thumb: int = 128, images: list[Image.Image] | None = None, max_chars: int = 160
+    ) -> Image.Image:
+        """A PNG-ready strip: one row per sample, one column per refinement (+ final image)."""
+        font = ImageFont.load_default()
+        per_row = [self.for_sample(s) for s in range(self.num_samples)]
+        columns = max([len(r) for r in per_row] + [0]) + (1 if images else 0)
+        columns = max(columns, 1)
+        wrap = max(12, thumb // 6)
+        text_h = 12 * (2 + max_chars // wrap + 1)
+        cell_w, cell_h = thumb + 12, thumb + text_h + 8
+        label_w = 140
+        canvas = Image.new("RGB", (label_w + columns * cell_w, max(1, self.num_samples) * cell_h), "white")
+        draw = ImageDraw.Draw(canvas)
+        for s, entries in enumerate(per_row):
+            y = s * cell_h
+            draw.multiline_text(
+                (4, y + 4), textwrap.fill(f"#{s}: " + self.original_prompts[s][:max_chars], 22), fill="black", font=font
+            )
+            cells = [(e.preview, f"step {e.step + 1}" + (f" ({e.fallback})" if e.fallback else ""), e.prompt_after)
+                     for e in entries]
+            if images and s < len(images):
+                cells.append((images[s], "final", self.final_prompts()[s]))
+            for c, (img, label, prompt) in enumerate(cells):
+                x = label_w + c * cell_w
+                if img is not None:
+                    canvas.paste(_thumbnail(img, thumb), (x + 6, y + 4))
+                else:
+                    draw.rectangle((x + 6, y + 4, x + 6 + thumb, y + 4 + thumb), outline="gray")
+                text = label + "\n" + textwrap.fill(prompt[:max_chars], wrap)
+                draw.multiline_text((x + 6, y + thumb + 8), text, fill="black", font=font, spacing=2)
+        return canvas
+
+
+def _thumbnail(img: Image.Image, size: int) -> Image.Image:
+    out = img.convert("RGB").copy()
+    out.thumbnail((size, size))
+    if out.size != (size, size):
+        padded = Image.new("RGB", (size, size), "white")
+        padded.paste(out, ((size - out.width) // 2, (size - out.height) // 2))
+        out = padded
+    return out
+
+
+def _data_url(img: Image.Image, size: int = 192) -> str:
+    buf = io.BytesIO()
+    _thumbnail(img, size).save(buf, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+
+
+def _html_cell(img, label: str, prompt: str, note: str | None, *, changed: bool = True) -> str:
+    pic = f'<img src="{_data_url(img)}" alt="{html.escape(label)}">' if img is not None else '<div class="noimg"></div>'
+    cls = "cell" if changed else "cell kept"
+    note_html = f'<div class="note">{html.escape(note)}</div>' if note else ""
+    return (
+        f'<div class="{cls}">{pic}<div class="label">{html.escape(label)}</div>'
+        f'<div class="prompt">{html.escape(prompt)}</div>{note_html}</div>'
+    )
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "__dataclass_fields__"):
+        return asdict(obj)
+    return str(obj)
+
+
+_HTML = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 1.5rem; color: #222; }}
+.row {{ display: flex; gap: .75rem; overflow-x: auto; align-items: flex-start; }}
+.cell {{ width: 200px; flex: none; border: 1px solid #ddd; border-radius: 6px; padding: 4px; }}
+.cell.kept {{ background: #fff6e5; }}
+.cell img, .noimg {{ width: 192px; height: 192px; display: block; margin: auto; image-rendering: pixelated; }}
+.noimg {{ background: repeating-linear-gradient(45deg, #eee, #eee 8px, #f8f8f8 8px, #f8f8f8 16px); }}
+.label {{ font-weight: 600; font-size: .85rem; margin-top: 4px; }}
+.prompt {{ font-size: .85rem; word-wrap: break-word; }}
+.note {{ font-size: .75rem; color: #777; }}
+</style></head>
+<body><h1>{title}</h1><ul>{meta}</ul>{rows}</body></html>
+"""
