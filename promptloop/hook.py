@@ -190,6 +190,9 @@ class PromptLoopHook(PipelineCallback):
             return ["latents", "prompt_embeds"]
         pipe = frame.f_locals["self"]
         self._install_capture(pipe)
+        if self.loop.mode == "ahead":  # plan now: the pipeline has not started sampling yet
+            self._prepare_plan(frame.f_locals)
+        del frame
         try:
             return adapter_for(pipe).tensor_inputs(getattr(pipe, "_callback_tensor_inputs", ["latents"]))
         except ValueError:
@@ -248,6 +251,16 @@ class PromptLoopHook(PipelineCallback):
                                                   "preview": self._preview_name()})
         if run.disabled:
             self.loop.trace.meta["disabled"] = run.disabled
+
+    def _prepare_plan(self, call: dict[str, Any]) -> None:
+        prompts = self.prompt if self.prompt is not None else call.get("prompt")
+        if isinstance(prompts, str):
+            prompts = [prompts]
+        steps = call.get("num_inference_steps")
+        if not prompts or not isinstance(steps, int):
+            return
+        per_prompt = int(call.get("num_images_per_prompt") or 1)
+        self.loop.prepare([p for p in prompts for _ in range(per_prompt)], steps)
 
     def _end_run(self) -> None:
         run = self._run
@@ -320,13 +333,9 @@ class PromptLoopHook(PipelineCallback):
         start = time.perf_counter()
         indices = sorted(changes)
         texts = [changes[i] for i in indices]
-        # Encode each distinct text once (num_images_per_prompt repeats the same prompt).
-        unique = list(dict.fromkeys(texts))
-        encoded = run.adapter.encode(run.pipeline, unique, callback_kwargs)
-        rows = [unique.index(t) for t in texts]
-        encoded.prompt_embeds = encoded.prompt_embeds[rows]
-        if encoded.pooled_prompt_embeds is not None:
-            encoded.pooled_prompt_embeds = encoded.pooled_prompt_embeds[rows]
+        # One batched encode of the changed samples, in sample order (the same batch a
+        # hand-written callback would encode, so results match it bit for bit).
+        encoded = run.adapter.encode(run.pipeline, texts, callback_kwargs)
         updates = run.adapter.apply(callback_kwargs, encoded, indices, run.num_samples)
         run.encode_s += time.perf_counter() - start
         return updates

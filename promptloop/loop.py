@@ -147,8 +147,25 @@ class RefineLoop:
         self._plan: dict[int, list[Refinement]] = {}
         self._worker: _Worker | None = None
         self._started = False
+        self._prepared: tuple[list[str], list[list[Refinement]], float] | None = None
 
     # -- run lifecycle ----------------------------------------------------------------------
+    def prepare(self, prompts: Sequence[str], num_steps: int) -> None:
+        """``ahead`` mode: write the plan now, before sampling starts (no-op in other modes).
+
+        :meth:`start` then uses it if it is called with the same prompts; if the run turns out
+        to have a different number of steps, the planned prompts are used in order.
+        """
+        self._prepared = None
+        if self.mode != "ahead":
+            return
+        steps = self.schedule.resolve(int(num_steps))
+        if not steps or not prompts:
+            return
+        start = time.perf_counter()
+        plans = self._call_plan(list(prompts), steps, int(num_steps))
+        self._prepared = (list(prompts), plans, time.perf_counter() - start)
+
     def start(self, prompts: Sequence[str], num_steps: int, *, meta: dict[str, Any] | None = None) -> None:
         """Begin a run of ``num_steps`` steps for ``prompts`` (one per sample)."""
         self._drop_pending()
@@ -165,7 +182,14 @@ class RefineLoop:
         )
         self._started = True
         if self.mode == "ahead" and self.refine_steps and prompts:
-            self._make_plan()
+            prepared, self._prepared = self._prepared, None
+            if prepared is not None and prepared[0] == list(prompts):
+                plans, latency = prepared[1], prepared[2]
+            else:
+                start = time.perf_counter()
+                plans = self._call_plan(list(prompts), self.refine_steps, self.num_steps)
+                latency = time.perf_counter() - start
+            self._install_plan(plans, latency)
 
     def wants_preview(self, step: int) -> bool:
         """Whether :meth:`at_step` will look at previews for this step."""
@@ -345,31 +369,31 @@ class RefineLoop:
             self._worker = None
 
     # ahead ------------------------------------------------------------------------------
-    def _make_plan(self) -> None:
-        prompts = list(self.current)
-        steps = list(self.refine_steps)
-        start = time.perf_counter()
-
+    def _call_plan(self, prompts: list[str], steps: list[int], num_steps: int) -> list[list[Refinement]]:
         def call() -> list[list[Refinement]]:
             self.policy_calls += 1
             plan_fn = getattr(self.policy, "plan", None)
             if plan_fn is None:
                 raise TypeError(f"{type(self.policy).__name__} has no plan() method; ahead mode needs one")
-            plans = list(plan_fn(prompts, steps, self.num_steps))
+            plans = list(plan_fn(prompts, steps, num_steps))
             if len(plans) != len(prompts) or any(len(p) != len(steps) for p in plans):
                 raise TypeError("policy.plan returned the wrong number of prompts")
             return plans
 
         try:
-            plans = call_with_timeout(call, self.timeout_s)
-        except Exception as exc:  # noqa: BLE001
-            obs = [Observation(p, p, steps[0], self.num_steps, sample_index=i) for i, p in enumerate(prompts)]
+            return call_with_timeout(call, self.timeout_s)
+        except Exception as exc:  # noqa: BLE001 - the policy must never break a generation
+            obs = [Observation(p, p, steps[0], num_steps, sample_index=i) for i, p in enumerate(prompts)]
             failed = self._fallbacks(obs, exc)
-            plans = [[Refinement.fallback_to(p, failed[i].fallback, error=failed[i].error) for _ in steps]
-                     for i, p in enumerate(prompts)]
-        latency = time.perf_counter() - start
-        for j, step in enumerate(steps):
-            self._plan[step] = [plans[i][j] for i in range(len(prompts))]
+            return [[Refinement.fallback_to(p, failed[i].fallback, error=failed[i].error) for _ in steps]
+                    for i, p in enumerate(prompts)]
+
+    def _install_plan(self, plans: list[list[Refinement]], latency: float) -> None:
+        """Map the j-th planned prompt of every sample to the j-th refinement step of this run."""
+        for j, step in enumerate(self.refine_steps):
+            if any(j >= len(plan) for plan in plans):
+                break
+            self._plan[step] = [plan[j] for plan in plans]
             for ref in self._plan[step]:
                 ref.latency_s = latency if j == 0 else 0.0
         self.trace.meta["plan_latency_s"] = latency
