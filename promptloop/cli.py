@@ -1,0 +1,229 @@
+"""The ``promptloop`` command line: ``demo``, ``generate``, ``serve``, ``comfy install``."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+app = typer.Typer(
+    name="promptloop",
+    help=(
+        "PromptLoop: a multimodal LLM policy rewrites the prompt of a frozen diffusion model while it "
+        "samples.\n\nStart with `promptloop demo` (tiny built-in models, no download), then "
+        "`promptloop generate --help` for real checkpoints."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,
+)
+
+ScheduleOpt = Annotated[
+    str,
+    typer.Option(
+        "--schedule",
+        help="Where to refine: 'evenly:3' (3 equally spaced), '0.2,0.4,0.6' (fractions), '5,10,15' "
+        "(step indices), 'every:5', or 'none'.",
+    ),
+]
+ModeOpt = Annotated[
+    str,
+    typer.Option("--mode", help="sync: wait for the policy; async: never wait, apply on arrival; "
+                 "ahead: plan all prompts before sampling."),
+]
+PreviewOpt = Annotated[
+    str, typer.Option("--preview", help="What the policy sees: 'vae' (exact), 'taesd' (needs --taesd), 'linear' (fast).")
+]
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if not verbose:
+        for name in ("transformers", "diffusers"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        try:
+            import diffusers
+            import transformers
+
+            transformers.logging.set_verbosity_error()
+            diffusers.utils.logging.set_verbosity_error()
+        except ImportError:  # pragma: no cover
+            pass
+
+
+def _write_outputs(out: Path, images, hook, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        image.save(out / f"image_{i:02d}.png")
+    trace = hook.trace
+    trace.meta.update(meta)
+    trace.save(out)
+    (out / "trace.html").write_text(trace.to_html(images=images, title="PromptLoop run"))
+    trace.render_strip(images=images).save(out / "trace.png")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images and the trace.")] = Path("promptloop-demo"),
+    family: Annotated[str, typer.Option(help="Tiny backbone family: sd, sdxl, sd3 or flux.")] = "sd",
+    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
+    schedule: ScheduleOpt = "evenly:3",
+    mode: ModeOpt = "sync",
+    preview: PreviewOpt = "vae",
+    size: Annotated[int, typer.Option(help="Image size in pixels (tiny models: keep it small).")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the loop on tiny models built in code (random weights, real classes; no download).
+
+    It builds a tiny diffusion pipeline and a tiny Qwen2-VL policy, saves both with
+    save_pretrained and loads them back through the same code real checkpoints use, generates,
+    and writes the images and the trace (JSON, HTML page, PNG strip) to --out.
+    A random policy writes random words: the point is to see the loop, not good prompts.
+    """
+    _setup_logging(verbose)
+    import torch
+
+    from promptloop import PromptLoopHook
+    from promptloop.backbones import load_pipeline
+    from promptloop.policies import SamplingConfig, TransformersPolicy
+    from promptloop.testing import TINY_PROMPTS, save_tiny_pipeline, save_tiny_qwen2vl
+
+    prompts = list(prompt or TINY_PROMPTS[:2])
+    with tempfile.TemporaryDirectory(prefix="promptloop-demo-") as tmp:
+        typer.echo(f"building tiny {family} pipeline and tiny Qwen2-VL policy ...")
+        backbone_dir = save_tiny_pipeline(family, Path(tmp) / f"tiny-{family}")
+        policy_dir = save_tiny_qwen2vl(Path(tmp) / "tiny-qwen2vl")
+        pipe = load_pipeline(backbone_dir, device="cpu", dtype="float32")
+        policy = TransformersPolicy.from_pretrained(policy_dir, device="cpu",
+                                                    sampling=SamplingConfig(max_new_tokens=24, temperature=0.9, seed=seed))
+    hook = PromptLoopHook(policy, schedule=schedule, mode=mode, preview=preview, preview_size=128)
+    kwargs = dict(num_inference_steps=steps, height=size, width=size, generator=torch.Generator().manual_seed(seed))
+    if family != "flux":
+        kwargs["guidance_scale"] = 5.0
+    start = time.perf_counter()
+    images = pipe(prompts, callback_on_step_end=hook, **kwargs).images
+    elapsed = time.perf_counter() - start
+    _write_outputs(out, images, hook, {"seed": seed, "backbone": f"tiny-{family}", "policy": "tiny-qwen2vl",
+                                       "seconds": round(elapsed, 3)})
+    typer.echo(hook.trace.to_text())
+    typer.echo(f"\n{len(images)} images in {elapsed:.2f} s. Open {out / 'trace.html'} (or {out / 'trace.png'}).")
+
+
+@app.command()
+def generate(
+    prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt (repeatable for a batch).")],
+    backbone: Annotated[str, typer.Option(help="Diffusers pipeline: local folder or hub id (SD 1.5, SDXL, SD3, FLUX).")],
+    policy: Annotated[str, typer.Option(help="Policy: local folder or hub id (Qwen2-VL / Qwen2.5-VL), or a sidecar URL.")],
+    policy_backend: Annotated[Optional[str], typer.Option(
+        help="transformers | vllm | http | openai (default: http for URLs, transformers otherwise).")] = None,
+    adapter: Annotated[Optional[str], typer.Option(help="peft LoRA adapter folder for the policy.")] = None,
+    api_key: Annotated[Optional[str], typer.Option(envvar="PROMPTLOOP_API_KEY", help="API key for http/openai policies.")] = None,
+    schedule: ScheduleOpt = "evenly:5",
+    mode: ModeOpt = "sync",
+    preview: PreviewOpt = "vae",
+    taesd: Annotated[Optional[str], typer.Option(help="TAESD AutoencoderTiny folder or hub id, for --preview taesd.")] = None,
+    preview_size: Annotated[int, typer.Option(help="Longer side of the preview shown to the policy.")] = 256,
+    negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt.")] = None,
+    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 30,
+    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (pipeline default if unset).")] = None,
+    num_images: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
+    height: Annotated[Optional[int], typer.Option(help="Image height (pipeline default if unset).")] = None,
+    width: Annotated[Optional[int], typer.Option(help="Image width (pipeline default if unset).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
+    policy_seed: Annotated[Optional[int], typer.Option(help="Seed of the policy's sampling.")] = None,
+    temperature: Annotated[float, typer.Option(help="Policy temperature (0 = greedy).")] = 0.0,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest refined prompt, in tokens.")] = 96,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for one policy answer before keeping the prompt.")] = 60.0,
+    device: Annotated[Optional[str], typer.Option(help="cuda, cpu, cuda:1 ... (default: cuda if available).")] = None,
+    dtype: Annotated[str, typer.Option(help="auto | float16 | bfloat16 | float32.")] = "auto",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images and the trace.")] = Path("promptloop-out"),
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Generate with a real backbone and policy, given as local folders or hub ids.
+
+    Example:
+
+      promptloop generate -p "a red fox in the snow" --backbone stable-diffusion-v1-5/stable-diffusion-v1-5
+      --policy Qwen/Qwen2.5-VL-3B-Instruct --schedule evenly:5
+    """
+    _setup_logging(verbose)
+    import torch
+
+    from promptloop import PromptLoopHook
+    from promptloop.backbones import default_device, load_pipeline
+    from promptloop.policies import SamplingConfig, load_policy
+
+    device = device or default_device()
+    pipe = load_pipeline(backbone, device=device, dtype=dtype)
+    sampling = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, seed=policy_seed)
+    refiner = load_policy(policy, backend=policy_backend, adapter=adapter, sampling=sampling, device=device,
+                          api_key=api_key)
+    hook = PromptLoopHook(refiner, schedule=schedule, mode=mode, preview=preview, taesd=taesd,
+                          preview_size=preview_size, timeout_s=timeout)
+    kwargs = dict(num_inference_steps=steps, num_images_per_prompt=num_images,
+                  generator=torch.Generator(device="cpu").manual_seed(seed))
+    for key, value in (("guidance_scale", guidance), ("height", height), ("width", width),
+                       ("negative_prompt", negative_prompt)):
+        if value is not None:
+            kwargs[key] = value
+    start = time.perf_counter()
+    images = pipe(list(prompt), callback_on_step_end=hook, **kwargs).images
+    elapsed = time.perf_counter() - start
+    _write_outputs(out, images, hook, {"seed": seed, "backbone": backbone, "policy": policy, "seconds": round(elapsed, 3)})
+    typer.echo(hook.trace.to_text())
+    typer.echo(f"\nwrote {len(images)} images and the trace to {out}/ in {elapsed:.1f} s")
+
+
+@app.command()
+def trace(
+    path: Annotated[Path, typer.Argument(help="A trace.json (or the folder holding it).")],
+    html_out: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML page here.")] = None,
+    png_out: Annotated[Optional[Path], typer.Option("--png", help="Write a PNG strip here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the trace as JSON.")] = False,
+) -> None:
+    """Show a saved trace as text, or re-render it as HTML / PNG."""
+    from promptloop.trace import Trace
+
+    loaded = Trace.load(path)
+    if html_out:
+        html_out.write_text(loaded.to_html())
+    if png_out:
+        loaded.render_strip().save(png_out)
+    typer.echo(json.dumps(loaded.to_dict(), indent=2) if as_json else loaded.to_text())
+
+
+def _register_optional_commands() -> None:
+    """Commands whose code lives in optional parts of the package (sidecar, ComfyUI pack)."""
+    try:
+        from promptloop.server.cli import serve
+    except ImportError:
+        serve = None
+    if serve is not None:
+        app.command(name="serve", help=serve.__doc__)(serve)
+    try:
+        from promptloop.comfy_nodes.install import comfy_app
+    except ImportError:
+        comfy_app = None
+    if comfy_app is not None:
+        app.add_typer(comfy_app, name="comfy", help="Install the PromptLoop node pack into ComfyUI.")
+
+
+_register_optional_commands()
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
