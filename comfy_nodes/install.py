@@ -1,0 +1,175 @@
+"""Put the PromptLoop node pack into a ComfyUI installation (``custom_nodes/``).
+
+    promptloop comfy install --comfyui /path/to/ComfyUI            # symlink (follows upgrades)
+    promptloop comfy install --comfyui /path/to/ComfyUI --mode copy
+
+or from Python: ``from promptloop.comfy_nodes.install import install``. The pack imports the
+``promptloop`` library, so that must be installed into the Python that runs ComfyUI too
+(``/path/to/ComfyUI/.venv/bin/python -m pip install promptloop``); the command checks it.
+
+When ComfyUI-Manager installs the pack from the registry it runs this file as a script in the
+pack folder: then it only reports whether ``promptloop`` is importable (the library comes from
+``requirements.txt``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+try:  # typer is a dependency of promptloop; keep the pack importable without it
+    import typer
+except ImportError:  # pragma: no cover - only when run by ComfyUI-Manager in a bare Python
+    typer = None  # type: ignore[assignment]
+
+PACK_NAME = "comfyui-promptloop"  # folder name under custom_nodes/ (not importable as `promptloop`)
+MODES = ("symlink", "copy")
+_IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
+
+
+def pack_source() -> Path:
+    """The folder holding the node pack (this file's folder)."""
+    return Path(__file__).resolve().parent
+
+
+def is_comfyui_dir(path: str | os.PathLike) -> bool:
+    path = Path(path)
+    return (path / "main.py").is_file() and (path / "nodes.py").is_file() and (path / "comfy").is_dir()
+
+
+def _is_our_pack(path: Path) -> bool:
+    marker = path / "pyproject.toml"
+    if not marker.is_file() or not (path / "nodes.py").is_file():
+        return False
+    text = marker.read_text(errors="replace")
+    return 'PublisherId = "promptloop"' in text
+
+
+def install(
+    comfyui_dir: str | os.PathLike,
+    mode: str = "symlink",
+    *,
+    name: str = PACK_NAME,
+    force: bool = False,
+    source: str | os.PathLike | None = None,
+) -> Path:
+    """Install the pack as ``<comfyui_dir>/custom_nodes/<name>``; return that path.
+
+    ``mode="symlink"`` links to the installed package (an upgrade of ``promptloop`` updates the
+    nodes); ``mode="copy"`` copies the files (for ComfyUI builds that do not follow links, e.g.
+    some Windows setups). Re-running is safe: an earlier PromptLoop install at that place is
+    replaced. Anything else there is left alone unless ``force=True``.
+    """
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    comfy = Path(comfyui_dir).expanduser().resolve()
+    if not is_comfyui_dir(comfy):
+        raise FileNotFoundError(f"{comfy} does not look like a ComfyUI checkout (no main.py, nodes.py, comfy/)")
+    src = Path(source).resolve() if source else pack_source()
+    custom_nodes = comfy / "custom_nodes"
+    custom_nodes.mkdir(exist_ok=True)
+    target = custom_nodes / name
+
+    if target.is_symlink():
+        if mode == "symlink" and target.resolve() == src:
+            return target  # already installed, nothing to do
+        target.unlink()
+    elif target.exists():
+        if not (force or _is_our_pack(target)):
+            raise FileExistsError(f"{target} exists and is not a PromptLoop pack; pass force=True to replace it")
+        if target.is_dir():
+            shutil.rmtree(target)
+        else:
+            target.unlink()
+
+    if mode == "symlink":
+        target.symlink_to(src, target_is_directory=True)
+    else:
+        shutil.copytree(src, target, ignore=_IGNORE)
+    return target
+
+
+def find_comfyui_python(comfyui_dir: str | os.PathLike) -> Path | None:
+    """The Python that runs this ComfyUI, if it has one of the usual layouts."""
+    comfy = Path(comfyui_dir).expanduser()
+    candidates = [
+        comfy / ".venv" / "bin" / "python",
+        comfy / "venv" / "bin" / "python",
+        comfy / ".venv" / "Scripts" / "python.exe",
+        comfy / "venv" / "Scripts" / "python.exe",
+        comfy.parent / "python_embeded" / "python.exe",  # the Windows portable build
+    ]
+    return next((c for c in candidates if c.exists()), None)
+
+
+def library_importable(python: str | os.PathLike) -> tuple[bool, str]:
+    """Whether ``import promptloop`` works in that Python; with its version or the error."""
+    code = "import promptloop, sys; sys.stdout.write(promptloop.__version__)"
+    try:
+        done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError) as exc:
+        return False, str(exc)
+    if done.returncode == 0:
+        return True, done.stdout.strip()
+    return False, (done.stderr.strip().splitlines() or ["import failed"])[-1]
+
+
+if typer is not None:
+    comfy_app = typer.Typer(
+        name="comfy",
+        help="The ComfyUI node pack: install it into a ComfyUI checkout.",
+        no_args_is_help=True,
+        add_completion=False,
+    )
+
+    @comfy_app.callback()
+    def _comfy_group() -> None:
+        """The ComfyUI node pack: install it into a ComfyUI checkout."""
+
+    @comfy_app.command("install")
+    def install_command(
+        comfyui: Path = typer.Option(..., "--comfyui", help="The ComfyUI folder (the one holding main.py)."),
+        mode: str = typer.Option("symlink", "--mode", help="symlink (follows upgrades of promptloop) or copy."),
+        name: str = typer.Option(PACK_NAME, "--name", help="Folder name under custom_nodes/."),
+        force: bool = typer.Option(False, "--force", help="Replace whatever is at custom_nodes/<name>."),
+        python: Path | None = typer.Option(
+            None, "--python", help="ComfyUI's Python, to check that it can import promptloop (default: found "
+                                   "in the ComfyUI folder, e.g. .venv/bin/python)."),
+    ) -> None:
+        """Install the PromptLoop nodes into ComfyUI's custom_nodes/ and check ComfyUI's Python."""
+        try:
+            target = install(comfyui, mode=mode, name=name, force=force)
+        except (FileNotFoundError, FileExistsError, ValueError) as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+        typer.echo(f"installed the PromptLoop nodes: {target} ({mode})")
+        python = python or find_comfyui_python(comfyui)
+        if python is None:
+            typer.echo("could not find ComfyUI's Python; make sure it can `import promptloop` "
+                       "(e.g. <ComfyUI python> -m pip install promptloop), then restart ComfyUI.")
+            return
+        ok, detail = library_importable(python)
+        if ok:
+            typer.echo(f"{python} imports promptloop {detail}: restart ComfyUI and look for the 'PromptLoop' category.")
+        else:
+            typer.secho(f"{python} cannot import promptloop ({detail}). Install it there:\n"
+                        f"  {python} -m pip install promptloop", fg=typer.colors.YELLOW)
+else:  # pragma: no cover
+    comfy_app = None
+
+
+def _registry_post_install() -> int:
+    """What ComfyUI-Manager runs (``python install.py`` in the pack folder): a check only."""
+    ok, detail = library_importable(sys.executable)
+    if ok:
+        print(f"PromptLoop nodes: promptloop {detail} is importable.")
+        return 0
+    print(f"PromptLoop nodes: `import promptloop` failed ({detail}); run: {sys.executable} -m pip install promptloop")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_registry_post_install())

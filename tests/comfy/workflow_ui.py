@@ -1,0 +1,124 @@
+"""Turn an API-format ComfyUI workflow into the UI (litegraph) format the editor loads.
+
+Used to generate ``comfy_nodes/workflows/promptloop_ui.json`` from ``promptloop_api.json`` and, in
+the tests, to check the two stay the same graph. Inputs of type INT / FLOAT / STRING / BOOLEAN /
+a list of choices are widgets (their values go to ``widgets_values``, in ``INPUT_TYPES`` order,
+with the extra "control after generate" value after a seed); the others are links.
+
+    python tests/comfy/workflow_ui.py   # rewrites promptloop_ui.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKFLOWS = ROOT / "comfy_nodes" / "workflows"
+WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
+
+# The core nodes the example uses: (inputs in INPUT_TYPES order as (name, type), outputs).
+CORE_NODES: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
+    "CheckpointLoaderSimple": ([("ckpt_name", "COMBO")], [("MODEL", "MODEL"), ("CLIP", "CLIP"), ("VAE", "VAE")]),
+    "CLIPTextEncode": ([("text", "STRING"), ("clip", "CLIP")], [("CONDITIONING", "CONDITIONING")]),
+    "EmptyLatentImage": ([("width", "INT"), ("height", "INT"), ("batch_size", "INT")], [("LATENT", "LATENT")]),
+    "VAEDecode": ([("samples", "LATENT"), ("vae", "VAE")], [("IMAGE", "IMAGE")]),
+    "SaveImage": ([("images", "IMAGE"), ("filename_prefix", "STRING")], []),
+    "PreviewImage": ([("images", "IMAGE")], []),
+    "SaveLatent": ([("samples", "LATENT"), ("filename_prefix", "STRING")], []),
+    "KSampler": ([("model", "MODEL"), ("seed", "INT"), ("steps", "INT"), ("cfg", "FLOAT"),
+                  ("sampler_name", "COMBO"), ("scheduler", "COMBO"), ("positive", "CONDITIONING"),
+                  ("negative", "CONDITIONING"), ("latent_image", "LATENT"), ("denoise", "FLOAT")],
+                 [("LATENT", "LATENT")]),
+}
+
+
+def _pack_signature(class_type: str):
+    sys.path.insert(0, str(ROOT))
+    from comfy_nodes.nodes import NODE_CLASS_MAPPINGS
+
+    cls = NODE_CLASS_MAPPINGS[class_type]
+    spec = cls.INPUT_TYPES()
+    inputs, seeds = [], set()
+    for section in ("required", "optional"):
+        for name, value in spec.get(section, {}).items():
+            kind = value[0] if isinstance(value[0], str) else "COMBO"
+            inputs.append((name, kind))
+            if len(value) > 1 and value[1].get("control_after_generate"):
+                seeds.add(name)
+    names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
+    return inputs, list(zip(names, cls.RETURN_TYPES)), seeds
+
+
+def signature(class_type: str):
+    if class_type in CORE_NODES:
+        inputs, outputs = CORE_NODES[class_type]
+        return inputs, outputs, {"seed"} if class_type == "KSampler" else set()
+    return _pack_signature(class_type)
+
+
+def api_to_ui(api: dict) -> dict:
+    ids = {key: int(key) for key in api}
+    links: list[list] = []
+    nodes: dict[int, dict] = {}
+    order = sorted(api, key=int)
+    for index, key in enumerate(order):
+        spec = api[key]
+        inputs, outputs, seeds = signature(spec["class_type"])
+        node = {
+            "id": ids[key],
+            "type": spec["class_type"],
+            "pos": [60 + 360 * (index % 4), 80 + 420 * (index // 4)],
+            "size": [320, 260],
+            "flags": {},
+            "order": index,
+            "mode": 0,
+            "inputs": [],
+            "outputs": [{"name": n, "type": t, "links": [], "slot_index": s} for s, (n, t) in enumerate(outputs)],
+            "properties": {"Node name for S&R": spec["class_type"]},
+            "widgets_values": [],
+        }
+        if "_meta" in spec and "title" in spec["_meta"]:
+            node["title"] = spec["_meta"]["title"]
+        for name, kind in inputs:
+            if name not in spec["inputs"]:
+                continue
+            value = spec["inputs"][name]
+            if kind in WIDGET_TYPES and not isinstance(value, list):
+                node["widgets_values"].append(value)
+                if name in seeds:
+                    node["widgets_values"].append("fixed")
+            else:
+                node["inputs"].append({"name": name, "type": kind, "link": None})
+        nodes[ids[key]] = node
+    for key in order:
+        spec = api[key]
+        for slot_in in nodes[ids[key]]["inputs"]:
+            src_key, src_slot = spec["inputs"][slot_in["name"]]
+            link_id = len(links) + 1
+            slot_type = nodes[ids[src_key]]["outputs"][src_slot]["type"]
+            links.append([link_id, ids[src_key], src_slot, ids[key], nodes[ids[key]]["inputs"].index(slot_in), slot_type])
+            slot_in["link"] = link_id
+            nodes[ids[src_key]]["outputs"][src_slot]["links"].append(link_id)
+    return {
+        "last_node_id": max(nodes),
+        "last_link_id": len(links),
+        "nodes": [nodes[i] for i in sorted(nodes)],
+        "links": links,
+        "groups": [],
+        "config": {},
+        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "version": 0.4,
+    }
+
+
+def main() -> None:
+    api = json.loads((WORKFLOWS / "promptloop_api.json").read_text())
+    out = WORKFLOWS / "promptloop_ui.json"
+    out.write_text(json.dumps(api_to_ui(api), indent=2) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
