@@ -1,0 +1,98 @@
+"""sync / async / ahead over plain sampling, K = 5 refinements, with a policy of set latency.
+
+    python benchmarks/bench_modes.py [--device cuda] [--steps 50] [--delay-steps 3]
+
+The policy is the real tiny Qwen2-VL plus an injected delay equal to ``--delay-steps`` plain
+denoising steps (measured in this run), standing in for a large policy's latency. The goals
+(issue 5): sync <= 1.2x, async <= 1.05x, ahead <= 1.02x plain.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+
+import torch
+
+from common import base_parser, report, time_interleaved
+from promptloop import PromptLoopHook
+from promptloop.policies import SamplingConfig, TransformersPolicy
+from promptloop.testing import TINY_PROMPTS, save_tiny_qwen2vl, tiny_pipeline
+
+
+class DelayedPolicy:
+    """A real policy whose every call (refine or plan) takes at least ``delay_s``."""
+
+    def __init__(self, inner, delay_s: float) -> None:
+        self.inner, self.delay_s = inner, delay_s
+
+    def _wait(self, start: float) -> None:
+        left = self.delay_s - (time.perf_counter() - start)
+        if left > 0:
+            time.sleep(left)
+
+    def refine(self, observations):
+        start = time.perf_counter()
+        out = self.inner.refine(observations)
+        self._wait(start)
+        return out
+
+    def plan(self, prompts, steps, num_steps):
+        start = time.perf_counter()
+        out = self.inner.plan(prompts, steps, num_steps)
+        self._wait(start)
+        return out
+
+
+def main() -> None:
+    parser = base_parser(__doc__)
+    parser.set_defaults(steps=50, repeats=3)
+    parser.add_argument("--refinements", type=int, default=5)
+    parser.add_argument("--delay-steps", type=float, default=3.0)
+    parser.add_argument("--preview", default="linear", choices=["vae", "linear"])
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    pipe = tiny_pipeline(args.family).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        inner = TransformersPolicy.from_pretrained(save_tiny_qwen2vl(tmp), device=args.device, dtype="float32",
+                                                   sampling=SamplingConfig(max_new_tokens=16))
+    prompts = TINY_PROMPTS[: args.batch]
+
+    def run(hook=None):
+        kwargs = dict(num_inference_steps=args.steps, height=args.size, width=args.size, output_type="latent",
+                      generator=torch.Generator().manual_seed(0))
+        if hook is not None:
+            kwargs["callback_on_step_end"] = hook
+        return pipe(prompts, **kwargs)
+
+    run()
+    plain = []
+    for _ in range(3):
+        start = time.perf_counter()
+        run()
+        plain.append(time.perf_counter() - start)
+    step_s = statistics.median(plain) / args.steps
+    policy = DelayedPolicy(inner, args.delay_steps * step_s)
+    schedule = f"evenly:{args.refinements}"
+    hooks = {mode: PromptLoopHook(policy, schedule=schedule, mode=mode, preview=args.preview, preview_size=112)
+             for mode in ("sync", "async", "ahead")}
+    configs = {"plain": run}
+    configs.update({f"{mode} K={args.refinements}": (lambda h=h: run(h)) for mode, h in hooks.items()})
+    times = time_interleaved(configs, args.repeats, args.device)
+    print(f"plain step {step_s * 1000:.1f} ms; policy latency set to {policy.delay_s * 1000:.1f} ms "
+          f"({args.delay_steps:g} steps)")
+    ratios = report(times, "plain", f"modes: tiny {args.family}, {args.steps} steps, {args.size}px, batch {args.batch}, "
+                                    f"preview={args.preview}, device={args.device}")
+    goals = {"sync": 1.2, "async": 1.05, "ahead": 1.02}
+    for mode, goal in goals.items():
+        ratio = ratios[f"{mode} K={args.refinements}"]
+        print(f"  {mode:<6} {ratio:.3f}x  (goal <= {goal}x: {'met' if ratio <= goal else 'NOT met'})")
+    async_trace = hooks["async"].trace
+    lags = [e.applied_step - e.step for e in async_trace.entries if e.applied_step is not None]
+    print(f"async: {len(lags)}/{len(async_trace.entries)} refinements applied, lag in steps {sorted(set(lags))}")
+
+
+if __name__ == "__main__":
+    main()
