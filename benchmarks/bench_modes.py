@@ -18,7 +18,8 @@ import torch
 from common import base_parser, report, time_interleaved
 from promptloop import PromptLoopHook
 from promptloop.policies import SamplingConfig, TransformersPolicy
-from promptloop.testing import TINY_PROMPTS, save_tiny_qwen2vl, tiny_pipeline
+from promptloop.testing import TINY_PROMPTS, tiny_pipeline
+from promptloop.testing.policy import save_tiny_qwen2vl
 
 
 class DelayedPolicy:

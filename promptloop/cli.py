@@ -95,7 +95,8 @@ def demo(
     from promptloop import PromptLoopHook
     from promptloop.backbones import load_pipeline
     from promptloop.policies import SamplingConfig, TransformersPolicy
-    from promptloop.testing import TINY_PROMPTS, save_tiny_pipeline, save_tiny_qwen2vl
+    from promptloop.testing import TINY_PROMPTS, save_tiny_pipeline
+    from promptloop.testing.policy import save_tiny_qwen2vl
 
     prompts = list(prompt or TINY_PROMPTS[:2])
     with tempfile.TemporaryDirectory(prefix="promptloop-demo-") as tmp:

@@ -31,7 +31,7 @@ def tiny_pipes():
 
 @pytest.fixture(scope="session")
 def tiny_policy_dir(tmp_path_factory):
-    from promptloop.testing import save_tiny_qwen2vl
+    from promptloop.testing.policy import save_tiny_qwen2vl
 
     return save_tiny_qwen2vl(tmp_path_factory.mktemp("tiny-qwen2vl"))
 
