@@ -76,3 +76,12 @@ def record_conditioning(pipe):
 
     handle = denoiser.register_forward_pre_hook(pre_hook, with_kwargs=True)
     return records, handle.remove
+
+
+def make_suffix_policy(suffix: str = ", oil painting") -> StaticPolicy:
+    """Module-level factory (picklable) for ProcessPolicy tests."""
+    return suffix_policy(suffix)
+
+
+def make_raising_policy() -> RaisingPolicy:
+    return RaisingPolicy()
