@@ -5,6 +5,7 @@
 * ``HTTPPolicy``             - a remote PromptLoop sidecar (``POST /refine``).
 * ``OpenAIChatPolicy``       - any OpenAI-compatible chat endpoint, e.g. ``vllm serve``.
 * :class:`StaticPolicy`      - a plain Python function; for tests, ablations and examples.
+* ``ProcessPolicy``          - wraps any of these in a child process (async mode without GIL contention).
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ def __getattr__(name: str) -> Any:  # lazy: heavy or optional dependencies
         from promptloop.policies.http import HTTPPolicy
 
         return HTTPPolicy
+    if name == "ProcessPolicy":
+        from promptloop.policies.process import ProcessPolicy
+
+        return ProcessPolicy
     if name == "OpenAIChatPolicy":
         from promptloop.policies.openai import OpenAIChatPolicy
 
