@@ -176,7 +176,9 @@ class Trace:
         columns = max([len(r) for r in per_row] + [0]) + (1 if images else 0)
         columns = max(columns, 1)
         wrap = max(12, thumb // 6)
-        text_h = 12 * (2 + max_chars // wrap + 1)
+        prompts = [e.prompt_after for e in self.entries] + self.original_prompts
+        lines = max([len(textwrap.wrap(p[:max_chars], wrap)) for p in prompts] + [1])
+        text_h = 14 * (lines + 1) + 4
         cell_w, cell_h = thumb + 12, thumb + text_h + 8
         label_w = 140
         canvas = Image.new("RGB", (label_w + columns * cell_w, max(1, self.num_samples) * cell_h), "white")
@@ -202,8 +204,10 @@ class Trace:
 
 
 def _thumbnail(img: Image.Image, size: int) -> Image.Image:
-    out = img.convert("RGB").copy()
-    out.thumbnail((size, size))
+    out = img.convert("RGB")
+    scale = size / max(out.size)
+    new_size = (max(1, round(out.width * scale)), max(1, round(out.height * scale)))
+    out = out.resize(new_size, Image.Resampling.NEAREST if scale > 1 else Image.Resampling.LANCZOS)
     if out.size != (size, size):
         padded = Image.new("RGB", (size, size), "white")
         padded.paste(out, ((size - out.width) // 2, (size - out.height) // 2))
