@@ -68,9 +68,23 @@ def install(
     comfy = Path(comfyui_dir).expanduser().resolve()
     if not is_comfyui_dir(comfy):
         raise FileNotFoundError(f"{comfy} does not look like a ComfyUI checkout (no main.py, nodes.py, comfy/)")
+    return install_into(comfy / "custom_nodes", mode, name=name, force=force, source=source)
+
+
+def install_into(
+    custom_nodes_dir: str | os.PathLike,
+    mode: str = "symlink",
+    *,
+    name: str = PACK_NAME,
+    force: bool = False,
+    source: str | os.PathLike | None = None,
+) -> Path:
+    """Like :func:`install`, into any ``custom_nodes`` folder (e.g. one under ``--base-directory``)."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     src = Path(source).resolve() if source else pack_source()
-    custom_nodes = comfy / "custom_nodes"
-    custom_nodes.mkdir(exist_ok=True)
+    custom_nodes = Path(custom_nodes_dir).expanduser()
+    custom_nodes.mkdir(parents=True, exist_ok=True)
     target = custom_nodes / name
 
     if target.is_symlink():

@@ -89,7 +89,8 @@ class PromptLoopLoadPolicy:
                 }),
                 "adapter": ("STRING", {
                     "default": "",
-                    "tooltip": "Optional LoRA adapter directory (peft) trained with promptloop train grpo. Empty: none.",
+                    "tooltip": "Optional LoRA adapter (peft) trained with promptloop train grpo: a directory, a folder "
+                               "name under ComfyUI/models/promptloop/, or a hub id. Empty: none.",
                 }),
                 "device": (["auto", "cpu", "cuda"], {
                     "default": "auto",
@@ -121,7 +122,8 @@ class PromptLoopLoadPolicy:
         from promptloop.policies import SamplingConfig, load_policy
 
         sampling = SamplingConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
-        kwargs: dict[str, Any] = {"backend": backend, "adapter": adapter.strip() or None, "sampling": sampling}
+        adapter_path = resolve_policy_path(adapter) if adapter.strip() else None
+        kwargs: dict[str, Any] = {"backend": backend, "adapter": adapter_path, "sampling": sampling}
         if backend == "transformers":
             kwargs["device"] = _comfy_device(device)
             kwargs["dtype"] = None if dtype == "auto" else dtype

@@ -1,0 +1,481 @@
+"""The node pack in a real, headless ComfyUI (CPU): the example workflow runs and its trace shows
+the refinements; the PromptLoop sampler matches graphs built from ComfyUI's own nodes.
+
+ComfyUI is not on PyPI, so this runs only when pointed at a checkout:
+
+    PROMPTLOOP_COMFYUI_DIR=/path/to/ComfyUI \
+    PROMPTLOOP_COMFYUI_PYTHON=/path/to/ComfyUI/.venv/bin/python \
+    python -m pytest tests/comfy/test_comfyui_integration.py -s
+
+ComfyUI's Python must be able to ``import promptloop`` (``pip install -e .`` into it). Everything
+the run writes goes to a temporary ``--base-directory`` (models, custom_nodes, output, database):
+a tiny SD1.5-shaped checkpoint built with ComfyUI's own classes, the pack (installed with
+``install_into``), and a tiny random Qwen2-VL policy saved with ``save_pretrained``. The checkout
+itself is not modified. The server listens on 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from promptloop.comfy_nodes.install import find_comfyui_python, install_into
+
+COMFY_DIR = os.environ.get("PROMPTLOOP_COMFYUI_DIR")
+HERE = Path(__file__).resolve().parent
+WORKFLOW = HERE.parents[1] / "comfy_nodes" / "workflows" / "promptloop_api.json"
+CKPT = "tiny_sd15.safetensors"
+TEXT = "a lighthouse on a rocky cliff at sunset"
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not COMFY_DIR,
+        reason="PROMPTLOOP_COMFYUI_DIR is not set: point it at a ComfyUI checkout (and PROMPTLOOP_COMFYUI_PYTHON "
+               "at its python) to run the pack in a real ComfyUI",
+    ),
+]
+
+
+def _python() -> str:
+    explicit = os.environ.get("PROMPTLOOP_COMFYUI_PYTHON")
+    if explicit:
+        return explicit
+    found = find_comfyui_python(COMFY_DIR)
+    return str(found) if found else sys.executable
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ComfyServer:
+    def __init__(self, base: Path, port: int, proc: subprocess.Popen, log: Path) -> None:
+        self.base, self.port, self.proc, self.log = base, port, proc, log
+        self.url = f"http://127.0.0.1:{port}"
+
+    def log_tail(self, n: int = 60) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-n:])
+
+    def get(self, path: str):
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return json.loads(response.read())
+
+    def run(self, graph: dict, timeout: float = 900.0) -> dict:
+        """Queue ``graph``, wait on the websocket until it has run, return its /history entry."""
+        client_id = uuid.uuid4().hex
+        ws = _connect_ws(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}")
+        try:
+            body = json.dumps({"prompt": graph, "client_id": client_id}).encode()
+            request = urllib.request.Request(self.url + "/prompt", body, {"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as response:
+                    prompt_id = json.loads(response.read())["prompt_id"]
+            except urllib.error.HTTPError as exc:
+                raise AssertionError(f"ComfyUI rejected the workflow: {exc.read().decode()}") from None
+            deadline = time.monotonic() + timeout
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise AssertionError(f"workflow did not finish in {timeout} s\n{self.log_tail()}")
+                message = ws.recv(min(remaining, 30.0))
+                if message is None or isinstance(message, bytes):  # timeout tick / binary preview
+                    if self.proc.poll() is not None:
+                        raise AssertionError(f"ComfyUI exited\n{self.log_tail()}")
+                    continue
+                event = json.loads(message)
+                data = event.get("data", {})
+                if data.get("prompt_id") not in (None, prompt_id):
+                    continue
+                if event["type"] == "execution_error":
+                    raise AssertionError(f"workflow failed: {data.get('exception_message')}\n"
+                                         f"{''.join(data.get('traceback', []))}")
+                if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                    break
+        finally:
+            ws.close()
+        history = self.get(f"/history/{prompt_id}")[prompt_id]
+        assert history["status"]["status_str"] == "success", history["status"]
+        return history
+
+
+class _WS:
+    """A minimal blocking websocket client over ``websockets`` (sync API) or ``aiohttp``."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            from websockets.sync.client import connect
+
+            self._ws = connect(url, max_size=None, open_timeout=30)
+            self._kind = "websockets"
+        except ImportError:
+            import asyncio
+
+            import aiohttp
+
+            self._loop = asyncio.new_event_loop()
+            self._session = self._loop.run_until_complete(self._make_session(aiohttp))
+            self._ws = self._loop.run_until_complete(self._session.ws_connect(url, max_msg_size=0))
+            self._kind = "aiohttp"
+
+    @staticmethod
+    async def _make_session(aiohttp):
+        return aiohttp.ClientSession()
+
+    def recv(self, timeout: float):
+        if self._kind == "websockets":
+            try:
+                return self._ws.recv(timeout=timeout)
+            except TimeoutError:
+                return None
+        import asyncio
+
+        try:
+            msg = self._loop.run_until_complete(self._ws.receive(timeout=timeout))
+        except asyncio.TimeoutError:
+            return None
+        return msg.data
+
+    def close(self) -> None:
+        if self._kind == "websockets":
+            self._ws.close()
+        else:
+            self._loop.run_until_complete(self._ws.close())
+            self._loop.run_until_complete(self._session.close())
+            self._loop.close()
+
+
+def _connect_ws(url: str) -> _WS:
+    return _WS(url)
+
+
+@pytest.fixture(scope="module")
+def tiny_policy_name(comfy_base):
+    try:
+        from promptloop.testing import save_tiny_qwen2vl
+    except ImportError:
+        try:
+            from promptloop.testing.policy import save_tiny_qwen2vl
+        except ImportError:
+            pytest.skip("promptloop.testing.save_tiny_qwen2vl is not available")
+    path = save_tiny_qwen2vl(comfy_base / "models" / "promptloop" / "tiny-qwen2vl")
+    return "tiny-qwen2vl"  # found by the loader node under models/promptloop/
+
+
+TAUGHT = TEXT + ", oil painting"  # what the LoRA adapter below teaches the tiny policy to answer
+
+
+@pytest.fixture(scope="module")
+def tiny_adapter_name(comfy_base, tiny_policy_name):
+    """A peft LoRA adapter that teaches the random tiny policy to answer ``TAUGHT``.
+
+    A random policy only writes garbage (recorded as fallbacks); a few steps of supervised
+    fine-tuning on chat inputs built exactly as the policy builds them (preview image included)
+    make it answer a real prompt, so the ComfyUI run shows a refinement that is applied and
+    re-encoded - through the real loader, backend, adapter and vision path.
+    """
+    import numpy as np
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from PIL import Image
+
+    from promptloop.policies import TransformersPolicy
+    from promptloop.refinement import Observation
+
+    policy = TransformersPolicy.from_pretrained(comfy_base / "models" / "promptloop" / tiny_policy_name, device="cpu")
+    torch.manual_seed(0)
+    model = get_peft_model(policy.model, LoraConfig(
+        r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
+    rng = np.random.default_rng(0)
+    previews = [Image.fromarray(rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)) for _ in range(2)]
+    previews.append(Image.new("RGB", (112, 112), (40, 70, 110)))
+    observations = [Observation(TEXT, TEXT, 2, 6, preview=previews[0]),
+                    Observation(TEXT, TAUGHT, 4, 6, preview=previews[1], history=[TEXT]),
+                    Observation(TEXT, TEXT, 1, 10, preview=previews[2])]
+    conversations = [policy.messages_for(o) for o in observations]
+    processor = policy.processor
+    prompts = [processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    images = policy._prepare_images(conversations)
+    processor.tokenizer.padding_side = "right"
+    try:
+        full = processor(text=[p + TAUGHT + "<|im_end|>" for p in prompts], images=images, padding=True,
+                         return_tensors="pt")
+        prompt_only = processor(text=prompts, images=images, padding=True, return_tensors="pt")
+    finally:
+        processor.tokenizer.padding_side = "left"
+    labels = full["input_ids"].clone()
+    for i, length in enumerate(prompt_only["attention_mask"].sum(dim=1).tolist()):
+        labels[i, :length] = -100
+    labels[full["attention_mask"] == 0] = -100
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(30):
+        loss = model(**full, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.save_pretrained(comfy_base / "models" / "promptloop" / "tiny-qwen2vl-lora")
+    return "tiny-qwen2vl-lora"
+
+
+@pytest.fixture(scope="module")
+def comfy_base(tmp_path_factory) -> Path:
+    base = tmp_path_factory.mktemp("comfyui-base")
+    for sub in ("models/checkpoints", "models/promptloop", "input", "output", "temp", "user"):
+        (base / sub).mkdir(parents=True, exist_ok=True)
+    return base
+
+
+@pytest.fixture(scope="module")
+def comfy(comfy_base):
+    python = _python()
+    built = subprocess.run(
+        [python, str(HERE / "tiny_comfy_checkpoint.py"), "--comfyui", COMFY_DIR,
+         "--out", str(comfy_base / "models" / "checkpoints" / CKPT)],
+        capture_output=True, text=True, timeout=900,
+    )
+    assert built.returncode == 0, built.stderr[-4000:]
+    install_into(comfy_base / "custom_nodes", mode="copy")  # as the registry would: the folder alone
+
+    port = _free_port()
+    log = comfy_base / "comfyui.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
+             "--base-directory", str(comfy_base), "--database-url", f"sqlite:///{comfy_base / 'comfyui.db'}",
+             "--disable-auto-launch", "--preview-method", "latent2rgb"],
+            cwd=COMFY_DIR, stdout=out, stderr=subprocess.STDOUT, env=env,
+        )
+    server = ComfyServer(comfy_base, port, proc, log)
+    try:
+        deadline = time.monotonic() + 300
+        while True:
+            if proc.poll() is not None:
+                raise AssertionError(f"ComfyUI exited at start-up\n{server.log_tail()}")
+            try:
+                server.get("/object_info/PromptLoopSampler")
+                break
+            except (urllib.error.URLError, ConnectionError, KeyError, json.JSONDecodeError):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"ComfyUI did not come up\n{server.log_tail()}") from None
+                time.sleep(1.0)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _load_latent(server: ComfyServer, history: dict, node: str):
+    from safetensors.torch import load_file
+
+    files = history["outputs"][node]["latents"]
+    assert len(files) == 1
+    item = files[0]
+    return load_file(str(server.base / "output" / item["subfolder"] / item["filename"]))["latent_tensor"]
+
+
+def _trace(history: dict, node: str) -> dict:
+    return history["outputs"][node]["promptloop_trace"][0]
+
+
+# -- tests ------------------------------------------------------------------------------------
+def test_pack_is_registered(comfy):
+    info = comfy.get("/object_info")
+    for name, display in [("PromptLoopLoadPolicy", "Load PromptLoop Policy"), ("PromptLoopSampler", "PromptLoop Sampler"),
+                          ("PromptLoopRemotePolicy", "PromptLoop Remote Policy (sidecar)"),
+                          ("PromptLoopScriptedPolicy", "PromptLoop Scripted Policy (no model)"),
+                          ("PromptLoopTrace", "PromptLoop Trace")]:
+        assert info[name]["category"] == "PromptLoop"
+        assert info[name]["display_name"] == display
+    sampler = info["PromptLoopSampler"]["input"]["required"]
+    ksampler = info["KSampler"]["input"]["required"]
+    assert sampler["sampler_name"][0] == ksampler["sampler_name"][0]  # ComfyUI's own sampler list
+    assert sampler["scheduler"][0] == ksampler["scheduler"][0]
+    assert "tooltip" in sampler["schedule"][1]
+    failed = [line for line in comfy.log.read_text().splitlines() if "IMPORT FAILED" in line and "promptloop" in line]
+    assert not failed, failed
+
+
+def test_example_workflow_with_tiny_policy(comfy, tiny_policy_name, tiny_adapter_name):
+    graph = json.loads(WORKFLOW.read_text())
+    graph["1"]["inputs"]["ckpt_name"] = CKPT
+    graph["3"]["inputs"].update(width=64, height=64, batch_size=2)
+    graph["4"]["inputs"].update(policy=tiny_policy_name, adapter=tiny_adapter_name, max_new_tokens=32)
+    graph["5"]["inputs"].update(steps=6, cfg=5.0, schedule="0.3,0.6", preview_size=112)
+    start = time.perf_counter()
+    history = comfy.run(graph)
+    elapsed = time.perf_counter() - start
+    trace = _trace(history, "8")
+    entries = trace["entries"]
+    print(f"\n[example workflow, tiny Qwen2-VL policy + LoRA] finished in {elapsed:.1f} s")
+    print(history["outputs"]["8"]["text"][0])
+    for e in entries:
+        print(f"  sample {e['sample_index']} step {e['step']}: policy wrote {(e['raw_text'] or '')[:60]!r} -> {e['fallback']}")
+    print("meta:", json.dumps({k: trace["meta"][k] for k in ("mode", "refine_steps", "segments",
+                                                             "reencoded_after_steps", "policy_calls")}))
+    assert trace["original_prompts"] == [TEXT, TEXT]
+    assert trace["meta"]["frontend"] == "comfyui" and trace["meta"]["refine_steps"] == [2, 4]
+    assert trace["meta"]["segments"] == [[0, 3], [3, 5], [5, 6]]
+    assert trace["meta"]["policy_calls"] == 2  # one batched call per refine step
+    assert sorted((e["sample_index"], e["step"]) for e in entries) == [(0, 2), (0, 4), (1, 2), (1, 4)]
+    for e in entries:  # each refinement was applied at its step, or the trace says why the prompt was kept
+        assert e["fallback"] is not None or e["applied_step"] == e["step"]
+    # the taught policy (base weights + LoRA adapter, seeing the preview) rewrote the prompt at the
+    # first refinement step, and the sampler re-encoded it there
+    first = [e for e in entries if e["step"] == 2]
+    assert any(e["fallback"] is None and e["prompt_after"] == TAUGHT for e in first), first
+    assert trace["meta"]["reencoded_after_steps"][:1] == [2]
+    assert TAUGHT in history["outputs"]["8"]["text"][0]
+    assert len(history["outputs"]["7"]["images"]) == 2  # the decoded images were saved
+    strip = history["outputs"]["8"]["images"][0]
+    saved = comfy.base / "output" / strip["subfolder"]
+    assert (saved / strip["filename"]).is_file()
+    trace_dir = saved / strip["filename"].removesuffix(".png")
+    assert (trace_dir / "trace.json").is_file() and (trace_dir / "trace.html").is_file()
+    assert len(list((trace_dir / "previews").glob("*.png"))) == 4  # the previews the policy saw
+
+
+def _base_graph(batch: int = 1) -> dict:
+    return {
+        "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": CKPT}},
+        "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "blurry", "clip": ["ckpt", 1]}},
+        "latent": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": batch}},
+        "script": {"class_type": "PromptLoopScriptedPolicy",
+                   "inputs": {"template": "{current}, detailed\n{current}, oil painting"}},
+    }
+
+
+def _pl_sampler(schedule: str, mode: str = "sync", async_delay: int = 2, seed: int = 7) -> dict:
+    return {"class_type": "PromptLoopSampler", "inputs": {
+        "model": ["ckpt", 0], "clip": ["ckpt", 1], "text": TEXT, "negative": ["neg", 0],
+        "latent_image": ["latent", 0], "seed": seed, "steps": 6, "cfg": 5.0, "sampler_name": "euler",
+        "scheduler": "normal", "denoise": 1.0, "policy": ["script", 0], "schedule": schedule, "mode": mode,
+        "preview": "linear", "async_delay": async_delay}}
+
+
+def _save(node: str, prefix: str) -> dict:
+    return {"class_type": "SaveLatent", "inputs": {"samples": [node, 0], "filename_prefix": f"latents/{prefix}"}}
+
+
+def _trace_node(sampler: str) -> dict:
+    return {"class_type": "PromptLoopTrace", "inputs": {"trace": [sampler, 1], "thumb_size": 64, "save": False,
+                                                         "filename_prefix": "promptloop/trace"}}
+
+
+def test_sampler_matches_comfyui_graphs(comfy):
+    """Empty schedule == KSampler; a schedule == KSamplerAdvanced segments with re-encoded text."""
+    import torch
+
+    g = _base_graph()
+    # plain KSampler on CLIPTextEncode(TEXT)
+    g["pos"] = {"class_type": "CLIPTextEncode", "inputs": {"text": TEXT, "clip": ["ckpt", 1]}}
+    g["ks"] = {"class_type": "KSampler", "inputs": {
+        "model": ["ckpt", 0], "seed": 7, "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal",
+        "positive": ["pos", 0], "negative": ["neg", 0], "latent_image": ["latent", 0], "denoise": 1.0}}
+    g["save_ks"] = _save("ks", "ks")
+    # PromptLoop with no refinement
+    g["pl_none"] = _pl_sampler("none")
+    g["save_none"] = _save("pl_none", "pl_none")
+    # PromptLoop refining after steps 1 and 3 (sync, then ahead with the same scripted prompts)
+    g["pl_sync"] = _pl_sampler("1,3")
+    g["save_sync"] = _save("pl_sync", "pl_sync")
+    g["trace_sync"] = _trace_node("pl_sync")
+    g["pl_ahead"] = _pl_sampler("1,3", mode="ahead")
+    g["save_ahead"] = _save("pl_ahead", "pl_ahead")
+    g["trace_ahead"] = _trace_node("pl_ahead")
+    g["pl_async"] = _pl_sampler("1", mode="async", async_delay=2)
+    g["trace_async"] = _trace_node("pl_async")
+    # The same refinement by hand: three KSamplerAdvanced segments, each with CLIPTextEncode(text)
+    texts = [TEXT, TEXT + ", detailed", TEXT + ", detailed, oil painting"]
+    bounds = [(0, 2), (2, 4), (4, 10000)]
+    previous = ["latent", 0]
+    for i, (text, (start, end)) in enumerate(zip(texts, bounds)):
+        g[f"enc{i}"] = {"class_type": "CLIPTextEncode", "inputs": {"text": text, "clip": ["ckpt", 1]}}
+        g[f"adv{i}"] = {"class_type": "KSamplerAdvanced", "inputs": {
+            "model": ["ckpt", 0], "add_noise": "enable" if i == 0 else "disable", "noise_seed": 7 + start,
+            "steps": 6, "cfg": 5.0, "sampler_name": "euler", "scheduler": "normal", "positive": [f"enc{i}", 0],
+            "negative": ["neg", 0], "latent_image": previous, "start_at_step": start, "end_at_step": end,
+            "return_with_leftover_noise": "enable" if i < 2 else "disable"}}
+        previous = [f"adv{i}", 0]
+    g["save_manual"] = _save("adv2", "manual")
+
+    history = comfy.run(g)
+    ks, none = _load_latent(comfy, history, "save_ks"), _load_latent(comfy, history, "save_none")
+    sync, ahead = _load_latent(comfy, history, "save_sync"), _load_latent(comfy, history, "save_ahead")
+    manual = _load_latent(comfy, history, "save_manual")
+    print("\n[equivalence] |none-KSampler|max =", float((none - ks).abs().max()),
+          " |sync-manual|max =", float((sync - manual).abs().max()),
+          " |ahead-sync|max =", float((ahead - sync).abs().max()),
+          " |sync-KSampler|max =", float((sync - ks).abs().max()))
+    assert torch.equal(none, ks), "an empty schedule must reproduce KSampler bit for bit"
+    assert torch.equal(sync, manual), "refinement must equal hand-chained segments with re-encoded text"
+    assert torch.equal(ahead, sync)
+    assert not torch.equal(sync, ks)
+
+    trace = _trace(history, "trace_sync")
+    print(history["outputs"]["trace_sync"]["text"][0])
+    assert [(e["step"], e["applied_step"], e["prompt_after"]) for e in trace["entries"]] == [
+        (1, 1, texts[1]), (3, 3, texts[2])]
+    assert trace["meta"]["segments"] == [[0, 2], [2, 4], [4, 6]]
+    assert trace["meta"]["reencoded_after_steps"] == [1, 3]
+    ahead_trace = _trace(history, "trace_ahead")
+    assert [e["prompt_after"] for e in ahead_trace["entries"]] == texts[1:]
+    assert ahead_trace["meta"]["policy_calls"] == 1
+    async_trace = _trace(history, "trace_async")
+    assert [(e["step"], e["applied_step"]) for e in async_trace["entries"]] == [(1, 3)]
+    assert async_trace["meta"]["segments"] == [[0, 2], [2, 4], [4, 6]]
+
+
+def test_interrupt_stops_the_sampler(comfy):
+    """ComfyUI's Cancel (POST /interrupt) stops a PromptLoop run between steps."""
+    g = _base_graph()
+    slow = copy.deepcopy(_pl_sampler("every:1"))
+    slow["inputs"]["steps"] = 400
+    g["pl"] = slow
+    g["save"] = _save("pl", "interrupted")
+    client_id = uuid.uuid4().hex
+    ws = _connect_ws(f"ws://127.0.0.1:{comfy.port}/ws?clientId={client_id}")
+    try:
+        body = json.dumps({"prompt": g, "client_id": client_id}).encode()
+        req = urllib.request.Request(comfy.url + "/prompt", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as response:
+            prompt_id = json.loads(response.read())["prompt_id"]
+        interrupted = False
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            message = ws.recv(30.0)
+            if message is None or isinstance(message, bytes):
+                continue
+            event = json.loads(message)
+            data = event.get("data", {})
+            if event["type"] == "progress" and data.get("value", 0) >= 3 and not interrupted:
+                urllib.request.urlopen(urllib.request.Request(comfy.url + "/interrupt", b"", method="POST"), timeout=30)
+                interrupted = True
+            if event["type"] == "execution_interrupted" and data.get("prompt_id") == prompt_id:
+                break
+            if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                raise AssertionError("the run finished instead of being interrupted")
+        else:
+            raise AssertionError("no execution_interrupted event")
+    finally:
+        ws.close()
+    history = comfy.get(f"/history/{prompt_id}")[prompt_id]
+    assert "save" not in history.get("outputs", {})
