@@ -172,3 +172,99 @@ def test_save_and_reload_gives_same_images(family, tmp_path):
         _run(fresh, "a red fox in the snow", **CFG_KWARGS[family]),
         atol=1e-4,
     )
+
+
+# --------------------------------------------------------------------------- policy
+
+
+def _conversations() -> list[list[dict]]:
+    return [
+        [
+            {"role": "system", "content": [{"type": "text", "text": "Rewrite the prompt."}]},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a red fox in the snow"}]},
+        ],
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "an astronaut riding a horse"}]}],
+    ]
+
+
+def _images() -> list:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (56, 56, 3), dtype=np.uint8)) for _ in range(2)]
+
+
+@pytest.fixture(scope="module")
+def tiny_qwen():
+    from promptloop.testing import build_tiny_qwen2vl
+
+    return build_tiny_qwen2vl()
+
+
+def _policy_inputs(processor):
+    processor.tokenizer.padding_side = "left"
+    texts = [processor.apply_chat_template(c, add_generation_prompt=True, tokenize=False) for c in _conversations()]
+    return texts, processor(text=texts, images=_images(), return_tensors="pt", padding=True)
+
+
+def test_qwen_tokenizer_and_chat_template(tiny_qwen):
+    model, processor = tiny_qwen
+    tok = processor.tokenizer
+    assert (tok.eos_token, tok.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    assert len(tok) == model.config.text_config.vocab_size
+    cfg = model.config
+    assert cfg.image_token_id == tok.convert_tokens_to_ids("<|image_pad|>")
+    assert cfg.video_token_id == tok.convert_tokens_to_ids("<|video_pad|>")
+    assert cfg.vision_start_token_id == tok.convert_tokens_to_ids("<|vision_start|>")
+    assert model.generation_config.eos_token_id == tok.eos_token_id
+    assert model.generation_config.pad_token_id == tok.pad_token_id
+    assert sum(p.numel() for p in model.parameters()) < 1_000_000
+    texts, inputs = _policy_inputs(processor)
+    assert texts[0] == (
+        "<|im_start|>system\nRewrite the prompt.<|im_end|>\n<|im_start|>user\n"
+        "<|vision_start|><|image_pad|><|vision_end|>a red fox in the snow<|im_end|>\n<|im_start|>assistant\n"
+    )
+    assert texts[1].startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
+    # 56x56 -> 4x4 patches of 14 px -> 2x2 merged -> 4 image tokens per image; left padding.
+    assert (inputs["input_ids"] == cfg.image_token_id).sum(dim=1).tolist() == [4, 4]
+    assert inputs["attention_mask"][:, -1].tolist() == [1, 1]
+    short = int(inputs["attention_mask"].sum(dim=1).argmin())
+    assert inputs["attention_mask"][short, 0] == 0 and inputs["input_ids"][short, 0] == tok.pad_token_id
+    # Words of the captions are single tokens; arbitrary text round-trips.
+    assert tok.tokenize(" red fox") == ["Ġred", "Ġfox"]
+    text = "Überraschung: 42 zebras!"
+    assert tok.decode(tok(text).input_ids) == text
+
+
+def test_qwen_generates_a_batch(tiny_qwen):
+    model, processor = tiny_qwen
+    _, inputs = _policy_inputs(processor)
+    out = model.generate(**inputs, max_new_tokens=16)
+    new = out[:, inputs["input_ids"].shape[1]:]
+    assert new.shape[0] == 2 and 1 <= new.shape[1] <= 16
+    assert all(isinstance(s, str) for s in processor.batch_decode(new, skip_special_tokens=True))
+    torch.testing.assert_close(model.generate(**inputs, max_new_tokens=16), out, rtol=0, atol=0)
+
+
+def test_qwen_save_and_reload_gives_same_greedy_output(tiny_qwen, tmp_path):
+    from transformers import AutoProcessor, Qwen2VLForConditionalGeneration, Qwen2VLProcessor
+
+    from promptloop.testing import save_tiny_qwen2vl
+
+    model, processor = tiny_qwen
+    path = save_tiny_qwen2vl(tmp_path / "policy")
+    loaded = Qwen2VLForConditionalGeneration.from_pretrained(path)
+    loaded_processor = AutoProcessor.from_pretrained(path)
+    assert isinstance(loaded_processor, Qwen2VLProcessor)
+    assert loaded_processor.tokenizer.padding_side == "left"
+    texts, inputs = _policy_inputs(processor)
+    loaded_texts, loaded_inputs = _policy_inputs(loaded_processor)
+    assert loaded_texts == texts
+    for key in inputs:
+        assert torch.equal(inputs[key], loaded_inputs[key]), key
+    torch.testing.assert_close(
+        loaded.generate(**loaded_inputs, max_new_tokens=16),
+        model.generate(**inputs, max_new_tokens=16),
+        rtol=0,
+        atol=0,
+    )

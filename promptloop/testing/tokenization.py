@@ -5,25 +5,27 @@
   byte is in the base vocabulary, so any text tokenizes without ``<unk>``.
 * :func:`build_t5_tokenizer` - a Unigram :class:`~transformers.T5TokenizerFast` whose pieces are
   whole words (``▁word``) plus single characters as fallback.
-* :func:`build_qwen_tokenizer` - a byte-level BPE Qwen2-style tokenizer with the Qwen special tokens.
+* :func:`build_qwen_tokenizer` - a byte-level BPE :class:`~transformers.Qwen2Tokenizer` with the Qwen
+  special tokens.
+
+BPE merges are learned by a small deterministic learner (the ``tokenizers`` trainer breaks ties
+differently from run to run) and cached, so building a tokenizer twice gives the same ids.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from functools import lru_cache
 from collections import Counter
 from collections.abc import Iterable, Sequence
 
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from transformers import CLIPTokenizer, PreTrainedTokenizerFast, T5TokenizerFast
+from tokenizers import Tokenizer, pre_tokenizers
+from transformers import AddedToken, CLIPTokenizer, Qwen2Tokenizer, T5TokenizerFast
 
 from .prompts import EXTRA_WORDS, TINY_PROMPTS
 
 CLIP_BOS = "<|startoftext|>"
 CLIP_EOS = "<|endoftext|>"
-_CLIP_SPLIT = r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
 def _corpus(texts: Iterable[str] | None) -> list[str]:
@@ -147,6 +149,12 @@ QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>",
     "<|im_start|>",
     "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
     "<|vision_start|>",
     "<|vision_end|>",
     "<|vision_pad|>",
@@ -154,54 +162,48 @@ QWEN_SPECIAL_TOKENS: tuple[str, ...] = (
     "<|video_pad|>",
 )
 
-# Qwen2's pre-tokenisation regex.
-_QWEN_SPLIT = (
-    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"""
-)
+
+@lru_cache(maxsize=8)
+def _qwen_vocab_and_merges(
+    extra_texts: tuple[str, ...], num_merges: int
+) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+    backend = Qwen2Tokenizer().backend_tokenizer  # Qwen2's own normaliser and pre-tokeniser
+    corpus = _corpus(extra_texts)
+    # Every word also with a leading space and on its own line, so both forms become single tokens.
+    words = sorted({w for t in corpus for w in t.replace(",", " ").split()})
+    corpus += [" ".join(words), "\n".join(words), "system\nuser\nassistant\n"]
+    pieces = _pretokenized_words(backend, corpus)
+    merges = _learn_bpe(Counter({tuple(p): n for p, n in pieces.items()}), num_merges)
+    vocab: dict[str, int] = {}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab.setdefault(ch, len(vocab))
+    for a, b in merges:
+        vocab.setdefault(a + b, len(vocab))
+    for special in QWEN_SPECIAL_TOKENS:
+        vocab[special] = len(vocab)
+    return tuple(vocab.items()), tuple(merges)
 
 
 def build_qwen_tokenizer(
-    texts: Sequence[str] | None = None, *, vocab_size: int = 1200, chat_template: str | None = None
-) -> PreTrainedTokenizerFast:
-    """Byte-level BPE tokenizer with Qwen2's pre-tokeniser and special tokens.
+    texts: Iterable[str] | None = None, *, num_merges: int = 1000, chat_template: str | None = None
+) -> Qwen2Tokenizer:
+    """Byte-level BPE :class:`~transformers.Qwen2Tokenizer` with Qwen2's special tokens (the last ids).
 
-    ``eos_token`` is ``<|im_end|>`` and ``pad_token`` ``<|endoftext|>``; the special tokens take the
-    last ids. Returned as a generic :class:`~transformers.PreTrainedTokenizerFast` (what
-    ``AutoTokenizer`` reloads from ``tokenizer.json``), padding side left.
+    Merges are learned (deterministically) on :data:`TINY_PROMPTS` and :data:`EXTRA_WORDS` (+
+    ``texts``), so most English words are single tokens; every byte is a base symbol, so any text
+    round-trips. ``eos_token`` is ``<|im_end|>``, ``pad_token`` ``<|endoftext|>``, padding side left.
     """
-    tok = Tokenizer(models.BPE())
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(_QWEN_SPLIT), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        min_frequency=1,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-        special_tokens=[],
-    )
-    corpus = _corpus(texts)
-    # Words with and without a leading space, so that both forms become single tokens.
-    words = sorted({w for t in corpus for w in t.replace(",", " ").split()})
-    corpus = corpus + [" ".join(words), "\n".join(words), "user\nassistant\nsystem\n"]
-    tok.train_from_iterator(corpus, trainer=trainer)
-    tok.add_special_tokens(list(QWEN_SPECIAL_TOKENS))
-    kwargs = {}
-    if chat_template is not None:
-        kwargs["chat_template"] = chat_template
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
+    vocab, merges = _qwen_vocab_and_merges(tuple(texts or ()), num_merges)
+    tok = Qwen2Tokenizer(
+        vocab=dict(vocab),
+        merges=list(merges),
+        unk_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        unk_token=None,
-        bos_token=None,
         padding_side="left",
         model_max_length=32768,
         errors="replace",
-        **kwargs,
+        **({"chat_template": chat_template} if chat_template is not None else {}),
     )
+    tok.add_tokens([AddedToken(t, special=True, normalized=False) for t in QWEN_SPECIAL_TOKENS])
+    return tok
