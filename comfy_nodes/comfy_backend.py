@@ -106,7 +106,7 @@ def _to_pil(rgb, size: int | None):
     import numpy as np
     from PIL import Image
 
-    array = (rgb.detach().float().clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    array = (rgb.detach().float().nan_to_num(0.0).clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
     image = Image.fromarray(array)
     if size:
         scale = size / max(image.size)

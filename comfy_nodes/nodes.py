@@ -361,7 +361,7 @@ def images_to_pil(images) -> list:
 
     if images is None:
         return []
-    return [Image.fromarray((np.clip(img.cpu().numpy(), 0, 1) * 255).round().astype(np.uint8)) for img in images]
+    return [Image.fromarray((np.clip(np.nan_to_num(img.detach().float().cpu().numpy()), 0, 1) * 255).round().astype(np.uint8)) for img in images]
 
 
 def trace_summary(trace) -> dict:

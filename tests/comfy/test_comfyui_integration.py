@@ -402,6 +402,7 @@ def test_sampler_matches_comfyui_graphs(comfy):
     g["save_ahead"] = _save("pl_ahead", "pl_ahead")
     g["trace_ahead"] = _trace_node("pl_ahead")
     g["pl_async"] = _pl_sampler("1", mode="async", async_delay=2)
+    g["pl_async"]["inputs"].update(preview="vae", vae=["ckpt", 2])  # the policy sees a VAE-decoded x0
     g["trace_async"] = _trace_node("pl_async")
     # The same refinement by hand: three KSamplerAdvanced segments, each with CLIPTextEncode(text)
     texts = [TEXT, TEXT + ", detailed", TEXT + ", detailed, oil painting"]

@@ -34,6 +34,8 @@ def _init_(module, seed: int) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in module.named_parameters():
+            if p.ndim == 0:  # scalars such as TAESD's vae_scale / vae_shift keep their values
+                continue
             if p.ndim >= 2:
                 fan_in = math.prod(p.shape[1:])
                 p.copy_(torch.randn(p.shape, generator=gen) / math.sqrt(fan_in))
@@ -97,6 +99,7 @@ def build(comfyui_dir: str, out: str, seed: int = 0) -> Path:
         sd[f"cond_stage_model.transformer.{k}"] = v.to(torch.float16).contiguous()
 
     taesd = TAESD()
+    _init_(taesd, seed + 1)
     sd.update({f"first_stage_model.{k}": v.to(torch.float16) for k, v in taesd.state_dict().items()})
 
     out_path = Path(out)
