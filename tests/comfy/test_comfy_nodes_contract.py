@@ -144,14 +144,15 @@ def test_resolve_policy_path(tmp_path):
 
 
 def test_registry_metadata():
-    data = tomllib.loads((PACK_DIR / "pyproject.toml").read_text())
+    source = Path(__file__).resolve().parents[2] / "comfy_nodes"  # the folder the registry publishes
+    data = tomllib.loads((source / "pyproject.toml").read_text())
     project, comfy = data["project"], data["tool"]["comfy"]
     assert project["name"] and "comfyui" not in project["name"].lower()
     assert project["version"].count(".") == 2
     assert project["urls"]["Repository"].startswith("https://")
     assert "promptloop" in project["dependencies"]
     assert {"PublisherId", "DisplayName", "Icon"} <= set(comfy)
-    assert (PACK_DIR / "requirements.txt").read_text().count("promptloop") >= 1
+    assert (source / "requirements.txt").read_text().count("promptloop") >= 1
 
 
 def test_pack_loads_as_comfyui_loads_it(tmp_path):
