@@ -171,3 +171,18 @@ def test_pack_loads_as_comfyui_loads_it(tmp_path):
     finally:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
             del sys.modules[key]
+
+
+def test_remote_policy_node_builds_the_clients():
+    """No request is made: the clients are only constructed (HTTPPolicy / OpenAIChatPolicy)."""
+    pytest.importorskip("promptloop.policies.http", reason="the sidecar client has not landed")
+    pytest.importorskip("promptloop.policies.openai", reason="the OpenAI-compatible client has not landed")
+    from promptloop.comfy_nodes.nodes import PromptLoopRemotePolicy
+
+    node = PromptLoopRemotePolicy()
+    (sidecar,) = node.connect("http://127.0.0.1:9", "promptloop", "secret", 5.0)
+    assert type(sidecar).__name__ == "HTTPPolicy" and hasattr(sidecar, "refine")
+    (openai,) = node.connect("http://127.0.0.1:9/v1", "openai", "", 5.0, model="policy-lora")
+    assert type(openai).__name__ == "OpenAIChatPolicy" and openai.model == "policy-lora"
+    with pytest.raises(ValueError):
+        node.connect("127.0.0.1:9", "promptloop", "", 5.0)
