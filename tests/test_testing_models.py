@@ -37,8 +37,12 @@ CFG_KWARGS = {
     "sd3": {"guidance_scale": 5.0},
     "flux": {"true_cfg_scale": 3.0, "negative_prompt": "blurry"},
 }
-NO_CFG_KWARGS = {"sd": {"guidance_scale": 1.0}, "sdxl": {"guidance_scale": 1.0}, "sd3": {"guidance_scale": 1.0},
-                 "flux": {"guidance_scale": 3.5}}
+NO_CFG_KWARGS = {
+    "sd": {"guidance_scale": 1.0},
+    "sdxl": {"guidance_scale": 1.0},
+    "sd3": {"guidance_scale": 1.0},
+    "flux": {"guidance_scale": 3.5},
+}
 
 
 def _run(pipe, prompt, seed: int = 0, **kwargs) -> np.ndarray:
@@ -59,7 +63,8 @@ def family_pipe(request):
 def test_clip_tokenizer_specials_padding_and_fallback(tmp_path):
     tok = build_clip_tokenizer()
     assert tok.model_max_length == 77
-    assert tok.convert_ids_to_tokens([tok.bos_token_id, tok.eos_token_id]) == ["<|startoftext|>", "<|endoftext|>"]
+    specials = tok.convert_ids_to_tokens([tok.bos_token_id, tok.eos_token_id])
+    assert specials == ["<|startoftext|>", "<|endoftext|>"]
     # Like real CLIP, the two specials are the last ids (argmax pooling finds EOS).
     assert {tok.bos_token_id, tok.eos_token_id} == {len(tok) - 2, len(tok) - 1}
     text = "A red fox in the snow — Überraschung 42!"
@@ -153,9 +158,10 @@ def test_same_seed_same_weights(family):
     b = tiny_pipeline(family, seed=3)
     c = tiny_pipeline(family, seed=4)
     name = "unet" if family in ("sd", "sdxl") else "transformer"
-    for key, value in getattr(a, name).state_dict().items():
-        assert torch.equal(value, getattr(b, name).state_dict()[key])
-    assert any(not torch.equal(v, getattr(c, name).state_dict()[k]) for k, v in getattr(a, name).state_dict().items())
+    sa, sb, sc = (getattr(p, name).state_dict() for p in (a, b, c))
+    assert all(torch.equal(value, sb[key]) for key, value in sa.items())
+    assert any(not torch.equal(value, sc[key]) for key, value in sa.items())
+    assert a.tokenizer.get_vocab() == c.tokenizer.get_vocab()
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -177,13 +183,13 @@ def test_save_and_reload_gives_same_images(family, tmp_path):
 # --------------------------------------------------------------------------- policy
 
 
-def _conversations() -> list[list[dict]]:
+def _conversations() -> list[list[dict]]:  # a system message in one, the default in the other
     return [
         [
             {"role": "system", "content": [{"type": "text", "text": "Rewrite the prompt."}]},
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a red fox in the snow"}]},
+            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "a red fox"}]},
         ],
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "an astronaut riding a horse"}]}],
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "an astronaut"}]}],
     ]
 
 
@@ -222,7 +228,7 @@ def test_qwen_tokenizer_and_chat_template(tiny_qwen):
     texts, inputs = _policy_inputs(processor)
     assert texts[0] == (
         "<|im_start|>system\nRewrite the prompt.<|im_end|>\n<|im_start|>user\n"
-        "<|vision_start|><|image_pad|><|vision_end|>a red fox in the snow<|im_end|>\n<|im_start|>assistant\n"
+        "<|vision_start|><|image_pad|><|vision_end|>a red fox<|im_end|>\n<|im_start|>assistant\n"
     )
     assert texts[1].startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n")
     # 56x56 -> 4x4 patches of 14 px -> 2x2 merged -> 4 image tokens per image; left padding.

@@ -80,8 +80,9 @@ def build_tiny_qwen2vl(seed: int = 0) -> tuple[Qwen2VLForConditionalGeneration, 
     """
     processor = build_tiny_qwen2vl_processor()
     tok = processor.tokenizer
-    ids = {t: tok.convert_tokens_to_ids(t) for t in
-           ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
+    names = ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>")
+    names += ("<|vision_start|>", "<|vision_end|>")
+    ids = {name: tok.convert_tokens_to_ids(name) for name in names}
     text_hidden = 128
     config = Qwen2VLConfig(
         text_config=dict(

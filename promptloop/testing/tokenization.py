@@ -15,9 +15,9 @@ differently from run to run) and cached, so building a tokenizer twice gives the
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from functools import lru_cache
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, pre_tokenizers
 from transformers import AddedToken, CLIPTokenizer, Qwen2Tokenizer, T5TokenizerFast
