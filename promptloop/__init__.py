@@ -5,30 +5,55 @@
 
     policy = TransformersPolicy.from_pretrained("Qwen/Qwen2.5-VL-3B-Instruct")
     image = pipe("a red fox in the snow", callback_on_step_end=PromptLoopHook(policy)).images[0]
+
+Top-level names are imported lazily (PEP 562), so ``import promptloop`` is cheap: diffusers is
+only imported when ``PromptLoopHook`` is first used.
 """
 
-from promptloop.hook import PromptLoopHook
-from promptloop.loop import MODES, RefineLoop
-from promptloop.policies import GenerativePolicy, Policy, SamplingConfig, StaticPolicy, load_policy
-from promptloop.refinement import Fallback, Observation, Refinement
-from promptloop.schedule import RefineSchedule
-from promptloop.trace import Trace, TraceEntry
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "MODES",
-    "Fallback",
-    "GenerativePolicy",
-    "Observation",
-    "Policy",
-    "PromptLoopHook",
-    "RefineLoop",
-    "RefineSchedule",
-    "Refinement",
-    "SamplingConfig",
-    "StaticPolicy",
-    "Trace",
-    "TraceEntry",
-    "load_policy",
-]
+_EXPORTS = {
+    "PromptLoopHook": "promptloop.hook",
+    "MODES": "promptloop.loop",
+    "RefineLoop": "promptloop.loop",
+    "GenerativePolicy": "promptloop.policies",
+    "Policy": "promptloop.policies",
+    "SamplingConfig": "promptloop.policies",
+    "StaticPolicy": "promptloop.policies",
+    "load_policy": "promptloop.policies",
+    "Fallback": "promptloop.refinement",
+    "Observation": "promptloop.refinement",
+    "Refinement": "promptloop.refinement",
+    "RefineSchedule": "promptloop.schedule",
+    "Trace": "promptloop.trace",
+    "TraceEntry": "promptloop.trace",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'promptloop' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from promptloop.hook import PromptLoopHook
+    from promptloop.loop import MODES, RefineLoop
+    from promptloop.policies import GenerativePolicy, Policy, SamplingConfig, StaticPolicy, load_policy
+    from promptloop.refinement import Fallback, Observation, Refinement
+    from promptloop.schedule import RefineSchedule
+    from promptloop.trace import Trace, TraceEntry

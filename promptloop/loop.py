@@ -191,6 +191,23 @@ class RefineLoop:
                 latency = time.perf_counter() - start
             self._install_plan(plans, latency)
 
+    @property
+    def has_pending(self) -> bool:
+        """Async mode: whether a requested refinement has not been applied or dropped yet."""
+        return bool(self._pending)
+
+    def planned_apply_steps(self) -> list[int]:
+        """Steps after which a prompt change may take effect, as known now.
+
+        Segmenting samplers (ComfyUI) split sampling at these steps. In async mode with no
+        ``async_delay`` an answer may take effect at any step while :attr:`has_pending`.
+        """
+        last = self.num_steps - 2
+        steps = set(self.refine_steps) if self.mode != "ahead" else set(self._plan)
+        if self.mode == "async" and self.async_delay is not None:
+            steps = {s + self.async_delay for s in self.refine_steps}
+        return sorted(s for s in steps if 0 <= s <= last)
+
     def wants_preview(self, step: int) -> bool:
         """Whether :meth:`at_step` will look at previews for this step."""
         return self.mode in ("sync", "async") and step in self.refine_steps

@@ -130,3 +130,29 @@ def test_invalid_mode_and_delay_are_rejected():
         RefineLoop(suffix_policy(), mode="later")
     with pytest.raises(ValueError, match="async_delay"):
         RefineLoop(suffix_policy(), mode="async", async_delay=-1)
+
+
+def test_planned_apply_steps_and_pending_for_segmenting_samplers():
+    sync = RefineLoop(suffix_policy(), [2, 5], mode="sync")
+    sync.start(["p"], 10)
+    assert sync.planned_apply_steps() == [2, 5] and not sync.has_pending
+    delayed = RefineLoop(suffix_policy(), [2, 7], mode="async", async_delay=2)
+    delayed.start(["p"], 10)
+    assert delayed.planned_apply_steps() == [4]  # 7 + 2 is past the last useful step
+    delayed.at_step(2)
+    assert delayed.has_pending
+    delayed.at_step(4)
+    assert not delayed.has_pending
+    delayed.finish()
+    ahead = RefineLoop(suffix_policy(), [2, 5], mode="ahead")
+    ahead.start(["p"], 10)
+    assert ahead.planned_apply_steps() == [2, 5]
+
+
+def test_import_promptloop_is_light():
+    import subprocess
+    import sys
+
+    code = "import sys, promptloop; from promptloop import RefineLoop, Trace; print('diffusers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
