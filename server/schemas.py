@@ -1,0 +1,211 @@
+"""Request and response bodies of the sidecar (pydantic; they make the OpenAPI docs)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Sampling(BaseModel):
+    """Per-request decoding overrides; unset fields keep the server's defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float | None = Field(None, ge=0.0, le=5.0, description="0 means greedy decoding.")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    max_new_tokens: int | None = Field(None, ge=1, description="Capped by the server's limit.")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1)
+    return_logprobs: bool | None = Field(None, description="Return generated token ids and their log-probs.")
+
+
+class RefineItem(BaseModel):
+    """One sample to refine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: str = Field(..., description="The user's original prompt.")
+    current_prompt: str | None = Field(None, description="The prompt in force now (default: `prompt`).")
+    history: list[str] = Field(default_factory=list, description="Earlier prompts of this sample, oldest first.")
+    step: int | None = Field(None, ge=0, description="Index of the denoising step that just finished (0-based).")
+    num_steps: int | None = Field(None, ge=1, le=100_000)
+    timestep: float | None = None
+    image: str | None = Field(
+        None, description="Preview of the predicted image: base64 PNG or JPEG (data URL accepted)."
+    )
+    sample_index: int = Field(0, ge=0)
+
+
+class RefineRequest(BaseModel):
+    """`POST /refine`: one sample (fields at top level) or a batch (`items`).
+
+    Top-level `step`, `num_steps` and `timestep` apply to every item that does not set its own.
+    Give either preview images (`image` per item) or one `latent` for the whole batch (rows in
+    item order) with its `latent_format`; the server decodes latents with the VAE of a backbone
+    it holds.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"prompt": "a cat on a sofa", "step": 9, "num_steps": 50, "image": "<base64 PNG>"},
+                {
+                    "items": [{"prompt": "a cat"}, {"prompt": "a dog"}],
+                    "step": 19,
+                    "num_steps": 50,
+                    "latent": "<base64 safetensors, tensor 'latents' (2, 4, 64, 64)>",
+                    "latent_format": "sd15",
+                    "return_embeddings": True,
+                },
+            ]
+        },
+    )
+
+    # single form
+    prompt: str | None = None
+    current_prompt: str | None = None
+    history: list[str] | None = None
+    image: str | None = None
+    sample_index: int | None = Field(None, ge=0)
+    # batched form
+    items: list[RefineItem] | None = None
+    # shared
+    step: int | None = Field(None, ge=0)
+    num_steps: int | None = Field(None, ge=1, le=100_000)
+    timestep: float | None = None
+    latent: str | None = Field(None, description="Base64 safetensors holding a tensor named 'latents'.")
+    latent_format: str | None = Field(None, description="sd15, sdxl, sd3 or flux (required with `latent`).")
+    height: int | None = Field(None, ge=8, le=16384, description="Image height, to unpack FLUX latents.")
+    width: int | None = Field(None, ge=8, le=16384, description="Image width, to unpack FLUX latents.")
+    backbone: str | None = Field(None, description="Name of a backbone the server holds.")
+    return_embeddings: bool = Field(False, description="Also return the refined prompts' embeddings.")
+    sampling: Sampling | None = None
+    adapter: str | None = Field(None, description="A loaded LoRA adapter to use for this request.")
+    use_base_model: bool = Field(False, description="Ignore the default adapter for this request.")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RefineRequest:
+        single = self.prompt is not None
+        if single and self.items is not None:
+            raise ValueError("give either 'prompt' (one sample) or 'items' (a batch), not both")
+        if not single and self.items is None:
+            raise ValueError("give 'prompt' (one sample) or 'items' (a batch)")
+        if not single and any(
+            v is not None for v in (self.current_prompt, self.history, self.image, self.sample_index)
+        ):
+            raise ValueError("with 'items', put current_prompt/history/image/sample_index inside each item")
+        if self.items is not None and not self.items:
+            raise ValueError("'items' is empty")
+        if self.latent is not None and self.latent_format is None and self.backbone is None:
+            raise ValueError("'latent' needs 'latent_format' (sd15, sdxl, sd3, flux) or a 'backbone'")
+        return self
+
+    def normalized_items(self) -> list[RefineItem]:
+        """The batch, with the shared step/num_steps/timestep filled in."""
+        if self.items is None:
+            items = [
+                RefineItem(
+                    prompt=self.prompt or "",
+                    current_prompt=self.current_prompt,
+                    history=self.history or [],
+                    image=self.image,
+                    sample_index=self.sample_index or 0,
+                )
+            ]
+        else:
+            items = [item.model_copy() for item in self.items]
+        for item in items:
+            if item.step is None:
+                item.step = self.step
+            if item.num_steps is None:
+                item.num_steps = self.num_steps
+            if item.timestep is None:
+                item.timestep = self.timestep
+        return items
+
+
+class RefinementOut(BaseModel):
+    text: str = Field(..., description="The prompt to use from now on (the current prompt on fallback).")
+    applied: bool = Field(..., description="False when the policy's output was rejected.")
+    fallback: str | None = Field(None, description="Why it was rejected: empty, too_long, unparsable, truncated...")
+    raw_text: str | None = None
+    error: str | None = None
+    token_ids: list[int] | None = None
+    logprobs: list[float] | None = None
+
+
+class RefineResponse(BaseModel):
+    prompt: str = Field(..., description="The first refinement's text (convenient for single requests).")
+    refinements: list[RefinementOut]
+    embeddings: str | None = Field(
+        None,
+        description="Base64 safetensors: 'prompt_embeds' (and 'pooled_prompt_embeds' for SDXL/SD3), one row per item.",
+    )
+    backbone: str | None = None
+    model: str
+    adapter: str | None = None
+    latency_s: float
+
+
+class PlanRequest(BaseModel):
+    """`POST /plan`: write all refinement prompts up front (``ahead`` mode, no preview)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts: list[str] = Field(..., min_length=1)
+    steps: list[int] = Field(..., min_length=1, max_length=64)
+    num_steps: int = Field(..., ge=1, le=100_000)
+    sampling: Sampling | None = None
+    adapter: str | None = None
+    use_base_model: bool = False
+
+
+class PlanResponse(BaseModel):
+    plans: list[list[RefinementOut]]
+    model: str
+    adapter: str | None = None
+    latency_s: float
+
+
+class AdapterRequest(BaseModel):
+    """`POST /admin/adapter`: load an adapter and/or make it the default."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str | None = Field(..., description="Adapter name; null switches to the base model.")
+    path: str | None = Field(None, description="Directory of a peft LoRA adapter to (re)load under `name`.")
+    make_default: bool = True
+
+
+class BackboneInfo(BaseModel):
+    name: str
+    path: str
+    family: str
+    latent_format: str
+    latent_channels: int
+    pooled: bool
+
+
+class Info(BaseModel):
+    name: str = "promptloop-sidecar"
+    version: str
+    backend: str
+    model: str
+    adapter: str | None
+    adapters: dict[str, str]
+    lora_enabled: bool
+    backbones: list[BackboneInfo]
+    latent_formats: list[str]
+    ready: bool
+    limits: dict[str, Any]
+    sampling: dict[str, Any]
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(..., description="A short machine-readable code.")
+    detail: str = Field(..., description="What was wrong, for a person.")
+    status: int
+
+
+Health = Literal["ok"]
