@@ -100,7 +100,7 @@ def save_trained_policy(
         (2 * lb + la).backward()
         opt.step()
         opt.zero_grad()
-        recent = (recent + [(float(lb), float(la))])[-len(base_examples):]
+        recent = (recent + [(lb.item(), la.item())])[-len(base_examples):]
     peft_model.eval()
     base_loss = max(b for b, _ in recent)
     adapter_loss = max(a for _, a in recent)
