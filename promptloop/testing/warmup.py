@@ -1,19 +1,29 @@
 """Warm-start the tiny Qwen2-VL policy so that it writes valid refinements.
 
 :func:`~promptloop.testing.policy.build_tiny_qwen2vl` has random weights: its greedy output never
-ends with ``<|im_end|>``, so every refinement falls back. :func:`warm_start` fine-tunes it for a
-few hundred steps (tens of seconds on a CPU) on a synthetic task built in code: given the chat
-messages the policy really sees (:func:`~promptloop.policies.messages.build_messages`, preview
-image included), answer with the current prompt followed by ``", "`` and the first style phrase
-of :data:`STYLE_WORDS` that it does not contain yet, then ``<|im_end|>``. Refining repeatedly thus
-grows ``"a red fox in the snow"`` into ``"a red fox in the snow, golden hour"``, then
-``"..., golden hour, soft light"``, and so on: demos and benchmarks show the loop working.
+ends with ``<|im_end|>``, so every refinement falls back. :func:`warm_start` fine-tunes it in
+place on a synthetic task built in code, shown through exactly the chat messages the policy
+receives (:func:`~promptloop.policies.messages.build_messages`, preview image included): answer
+with the current prompt, then ``", "`` and the first phrase of :data:`STYLE_WORDS` that the prompt
+does not contain yet, then ``<|im_end|>``. Refining again and again grows
+``"a red fox in the snow"`` into ``"a red fox in the snow, golden hour"``, then
+``"a red fox in the snow, golden hour, soft light"``, and so on, so demos and benchmarks show the
+loop at work. It takes a few tens of seconds on two CPU cores.
+
+Training examples mimic what the loop shows the policy: an original prompt from
+:data:`~promptloop.testing.prompts.TINY_PROMPTS`, a current prompt that carries the phrases added
+by earlier refinements (mostly in the warm policy's own order, sometimes one random phrase), its
+history, a step, and a small solid or gradient preview (or none).
+
+The system prompt is the same in every conversation, so each step runs it once and shares its
+keys and values across the batch (:func:`answer_loss`): a step costs about 40 % less.
 """
 
 from __future__ import annotations
 
 import random
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +35,7 @@ from promptloop.refinement import Observation
 
 from .prompts import TINY_PROMPTS
 
-#: Style phrases the warm policy appends, in order of preference.
+#: Style phrases the warm policy appends, in this order (it skips those already in the prompt).
 STYLE_WORDS: tuple[str, ...] = (
     "golden hour",
     "soft light",
@@ -37,8 +47,12 @@ STYLE_WORDS: tuple[str, ...] = (
     "dramatic lighting",
 )
 
-_END = "<|im_end|>"
-_PREVIEW_SIZES = (56, 112, 128)
+END_TOKEN = "<|im_end|>"
+#: Preview sizes seen in training: the hook's ``preview_size`` in the demo and benchmarks is 112-128.
+PREVIEW_SIZES: tuple[int, ...] = (56, 112, 128)
+#: Share of training observations whose current prompt carries one random style phrase instead
+#: of the warm policy's own earlier additions.
+RANDOM_PRIOR_SHARE = 0.2
 
 
 def next_style_word(prompt: str) -> str | None:
@@ -54,88 +68,203 @@ def warm_target(obs: Observation) -> str:
 
 
 def random_preview(rng: random.Random, size: int | None = None) -> Image.Image:
-    """A small solid or two-colour gradient RGB image, like a blurry early preview."""
-    size = size or rng.choice(_PREVIEW_SIZES)
-    a = torch.tensor([rng.randrange(256) for _ in range(3)], dtype=torch.float32)
-    b = a if rng.random() < 0.5 else torch.tensor([rng.randrange(256) for _ in range(3)], dtype=torch.float32)
-    t = torch.linspace(0.0, 1.0, size)[:, None, None]  # vertical gradient
-    rows = a * (1 - t) + b * t  # (size, 1, 3)
-    pixels = rows.expand(size, size, 3).round().to(torch.uint8).numpy()
+    """A square RGB image, one colour or a vertical two-colour gradient, like an early preview."""
+    size = size or rng.choice(PREVIEW_SIZES)
+    def colour() -> torch.Tensor:
+        return torch.tensor([rng.randrange(256) for _ in range(3)], dtype=torch.float32)
+
+    top = colour()
+    bottom = top if rng.random() < 0.5 else colour()
+    t = torch.linspace(0.0, 1.0, size)[:, None, None]
+    pixels = (top * (1 - t) + bottom * t).expand(size, size, 3).round().to(torch.uint8).numpy()
     return Image.fromarray(pixels, mode="RGB")
 
 
-def random_observation(rng: random.Random, *, preview: bool | None = None) -> Observation:
-    """An observation like the loop produces: a tiny prompt with 0-2 earlier style phrases added."""
-    original = rng.choice(TINY_PROMPTS)
+def loop_observation(
+    original: str,
+    refinements: int,
+    *,
+    step: int = 0,
+    num_steps: int = 20,
+    preview: Image.Image | None = None,
+) -> Observation:
+    """The observation the loop shows a policy that has already refined ``refinements`` times,
+    the warm policy's way (each time appending :func:`next_style_word`)."""
     history: list[str] = []
     current = original
-    for word in rng.sample(STYLE_WORDS, rng.choice((0, 0, 1, 1, 2))):
-        if word in current:
-            continue
+    for _ in range(refinements):
+        word = next_style_word(current)
+        if word is None:
+            break
         history.append(current)
         current = f"{current}, {word}"
+    return Observation(original, current, step, num_steps, preview=preview, history=history)
+
+
+def random_observation(rng: random.Random, *, preview: bool | None = None) -> Observation:
+    """A training observation: a tiny prompt after 0-3 earlier refinements, usually the warm
+    policy's own (:func:`loop_observation`), else one random style phrase appended."""
+    original = rng.choice(TINY_PROMPTS)
     num_steps = rng.choice((4, 8, 10, 20, 25, 30, 50))
     step = rng.randrange(num_steps)
     if preview is None:
         preview = rng.random() < 0.75
-    return Observation(
-        original_prompt=original,
-        current_prompt=current,
-        step=step,
-        num_steps=num_steps,
-        preview=random_preview(rng) if preview else None,
-        history=history,
-    )
+    image = random_preview(rng) if preview else None
+    if rng.random() >= RANDOM_PRIOR_SHARE:
+        refinements = rng.choices((0, 1, 2, 3), weights=(4, 3, 2, 1))[0]
+        return loop_observation(original, refinements, step=step, num_steps=num_steps, preview=image)
+    word = rng.choice([w for w in STYLE_WORDS if w not in original])
+    return Observation(original, f"{original}, {word}", step, num_steps, preview=image, history=[original])
 
 
-def _vision_inputs(conversations: list[list[dict[str, Any]]]) -> list[Image.Image] | None:
-    # Same image handling as TransformersPolicy (qwen-vl-utils resizing) so training matches inference.
+Spans = list[tuple[int, int]]
+
+
+def build_batch(processor: Any, observations: list[Observation]) -> tuple[dict[str, torch.Tensor], Spans]:
+    """Tokenize ``observations`` followed by their target answers and the end token.
+
+    Conversations go through the chat template and the processor exactly as
+    :class:`~promptloop.policies.transformers.TransformersPolicy` sends them (images resized by
+    qwen-vl-utils), but right-padded. Returns the model inputs and, per row, ``(start, length)``
+    of the answer tokens (end token included): the only tokens the loss is taken on.
+    """
     from qwen_vl_utils import process_vision_info
 
-    images, _videos = process_vision_info(conversations)
-    return images or None
-
-
-def build_batch(processor: Any, observations: list[Observation]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Tokenize ``observations`` followed by their target answers, exactly as the policy sees them.
-
-    Left-padded like :class:`~promptloop.policies.transformers.TransformersPolicy` does at inference,
-    so every answer ends at the last position. Returns the model inputs and ``targets`` of shape
-    ``(batch, k)``: the last ``k`` input ids where they belong to an answer (end token included),
-    ``-100`` elsewhere.
-    """
     tokenizer = processor.tokenizer
     conversations = [build_messages(obs) for obs in observations]
-    prompts = [processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    answers = [warm_target(obs) + _END for obs in observations]
-    answer_ids = [tokenizer(a, add_special_tokens=False)["input_ids"] for a in answers]
-    images = _vision_inputs(conversations)
+    prompts = [
+        processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+    ]
+    answers = [warm_target(obs) + END_TOKEN for obs in observations]
+    images, _videos = process_vision_info(conversations)
     old_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
+    tokenizer.padding_side = "right"
     try:
-        inputs = processor(
-            text=[p + a for p, a in zip(prompts, answers)], images=images, padding=True, return_tensors="pt"
-        )
+        texts = [p + a for p, a in zip(prompts, answers)]
+        inputs = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
     finally:
         tokenizer.padding_side = old_side
-    k = max(len(ids) for ids in answer_ids)
-    tail = inputs["input_ids"][:, -k:]
-    targets = torch.full_like(tail, -100)
-    for row, ids in enumerate(answer_ids):
-        got = tail[row, k - len(ids):].tolist()
-        if got != ids:  # the answer must tokenize the same on its own and after the prompt
-            raise ValueError(f"answer tokens differ in context: {got} vs {ids}")
-        targets[row, k - len(ids):] = tail[row, k - len(ids):]
-    return dict(inputs), targets
+    spans = []
+    for row, (answer, length) in enumerate(zip(answers, inputs["attention_mask"].sum(dim=1).tolist())):
+        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        start = length - len(answer_ids)
+        if inputs["input_ids"][row, start:length].tolist() != answer_ids:
+            raise ValueError(f"the answer {answer!r} tokenizes differently after the prompt")
+        spans.append((start, len(answer_ids)))
+    return dict(inputs), spans
 
 
-def answer_loss(model: Any, inputs: dict[str, torch.Tensor], targets: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens; logits only at the last positions."""
-    k = targets.shape[1]
-    logits = model(**inputs, logits_to_keep=k + 1, use_cache=False).logits[:, :-1]
-    return torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), ignore_index=-100
-    )
+def _positions(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Qwen2-VL's 3-D rope positions ``(3, batch, length)`` for right-padded inputs: text tokens
+    count up by one; an image's tokens take (0, row, column) offsets on its merged patch grid,
+    and the text after it resumes at the image's start plus its larger side."""
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    image_token = model.config.image_token_id
+    merge = model.config.vision_config.spatial_merge_size
+    grids = iter(inputs["image_grid_thw"].tolist()) if inputs.get("image_grid_thw") is not None else iter(())
+    positions = torch.zeros(3, *ids.shape, dtype=torch.long)
+    for row in range(ids.shape[0]):
+        length = int(mask[row].sum())
+        is_image = (ids[row, :length] == image_token).tolist()
+        pos, i = 0, 0
+        while i < length:
+            j = i
+            while j < length and is_image[j] == is_image[i]:
+                j += 1
+            if not is_image[i]:  # a run of text tokens
+                positions[:, row, i:j] = torch.arange(pos, pos + j - i)
+                pos, i = pos + j - i, j
+                continue
+            t, h, w = next(grids)  # the next image, in order; it takes the first t*h*w tokens of the run
+            h, w = h // merge, w // merge
+            n = t * h * w
+            positions[0, row, i:i + n] = pos + torch.arange(t).repeat_interleave(h * w)
+            positions[1, row, i:i + n] = pos + torch.arange(h).repeat_interleave(w).repeat(t)
+            positions[2, row, i:i + n] = pos + torch.arange(w).repeat(t * h)
+            pos, i = pos + max(t, h, w), i + n
+    return positions.to(ids.device)
+
+
+def _answer_logits(model: Any, hidden: torch.Tensor, spans: Spans, offset: int = 0) -> torch.Tensor:
+    """Logits that predict each answer token: at the position before it (``hidden`` may start
+    at ``offset``). Shape ``(total answer tokens, vocab)``."""
+    rows = torch.cat([torch.full((n,), r, dtype=torch.long) for r, (_, n) in enumerate(spans)])
+    cols = torch.cat([torch.arange(s - 1, s - 1 + n) for s, n in spans]) - offset
+    return model.lm_head(hidden[rows.to(hidden.device), cols.to(hidden.device)])
+
+
+def _answer_targets(inputs: dict[str, torch.Tensor], spans: Spans) -> torch.Tensor:
+    return torch.cat([inputs["input_ids"][r, s:s + n] for r, (s, n) in enumerate(spans)])
+
+
+def _shared_prefix_hidden(
+    model: Any, inputs: dict[str, torch.Tensor], limit: int
+) -> tuple[torch.Tensor, int]:
+    """Last hidden states from the end of the tokens common to all rows (at most ``limit`` of
+    them), which are run once with batch size 1; returns them and where they start."""
+    from transformers import DynamicCache
+
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    batch = ids.shape[0]
+    same = (ids == ids[:1]).all(dim=0) & mask.bool().all(dim=0)
+    prefix = int(same.long().cumprod(0).sum()) if batch > 1 else 0
+    prefix = min(prefix, limit, int(mask.sum(dim=1).min()) - 1)
+    if prefix < 1 or (ids[0, :prefix] == model.config.image_token_id).any():
+        return model.model(**inputs, use_cache=False).last_hidden_state, 0
+    positions = _positions(model, inputs)
+    language_model = model.model.language_model
+    embed = model.get_input_embeddings()
+    head = language_model(
+        inputs_embeds=embed(ids[:1, :prefix]),
+        position_ids=positions[:, :1, :prefix],
+        attention_mask=mask[:1, :prefix],
+        use_cache=True,
+    ).past_key_values
+    cache = DynamicCache()
+    for layer, cached in enumerate(head.layers):
+        cache.update(
+            cached.keys.expand(batch, *cached.keys.shape[1:]),
+            cached.values.expand(batch, *cached.values.shape[1:]),
+            layer,
+        )
+    extra = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if inputs.get(k) is not None}
+    tail = model.model(
+        input_ids=ids[:, prefix:],
+        attention_mask=mask,
+        position_ids=positions[:, :, prefix:],
+        past_key_values=cache,
+        use_cache=True,
+        **extra,
+    ).last_hidden_state
+    return tail, prefix
+
+
+_warned = False
+
+
+def answer_loss(
+    model: Any, inputs: dict[str, torch.Tensor], spans: Spans, *, share_prefix: bool = True
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the answer tokens of a :func:`build_batch` batch.
+
+    With ``share_prefix`` the tokens common to all rows (the system prompt) are run once and their
+    keys and values shared; the loss is the same as a plain forward's, at about half the cost. If
+    this transformers version does not take it, falls back to the plain forward (with a warning).
+    """
+    global _warned
+    offset = 0
+    hidden = None
+    if share_prefix:
+        try:
+            hidden, offset = _shared_prefix_hidden(model, inputs, min(start for start, _ in spans) - 1)
+        except (AttributeError, TypeError, ValueError, RuntimeError) as exc:  # another transformers' API
+            if not _warned:
+                warnings.warn(f"warm_start: sharing the prompt prefix failed ({exc!r}); using plain forwards")
+                _warned = True
+    if hidden is None:
+        hidden = model.model(**inputs, use_cache=False).last_hidden_state
+    logits = _answer_logits(model, hidden, spans, offset)
+    return torch.nn.functional.cross_entropy(logits.float(), _answer_targets(inputs, spans).to(logits.device))
 
 
 def warm_start(
@@ -144,37 +273,38 @@ def warm_start(
     *,
     steps: int = 300,
     seed: int = 0,
-    lr: float = 3e-3,
+    lr: float = 5e-3,
     batch_size: int = 8,
     progress: bool = False,
 ) -> dict[str, float]:
-    """Supervised fine-tuning of ``model`` in place on the synthetic refinement task (see module doc).
+    """Supervised fine-tuning of ``model`` in place on the synthetic refinement task (module doc).
 
-    Deterministic for a given ``seed`` (data and dropout-free training on CPU). Leaves the model
-    in eval mode. Returns ``{"loss_first", "loss_last", "seconds"}`` (``loss_last`` averages the
-    last 10 steps).
+    AdamW with a short linear warm-up and a cosine decay to 10 % of ``lr``; gradients clipped to
+    norm 1. Deterministic for a given ``seed`` on CPU (the data is drawn from
+    ``random.Random(seed)``). Leaves the model in eval mode. Returns ``loss_first`` (the first
+    step's loss), ``loss_last`` (mean of the last 10 steps) and ``seconds``.
     """
     rng = random.Random(seed)
     device = next(model.parameters()).device
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.0)
     warmup = max(1, steps // 20)
 
-    def lr_at(i: int) -> float:
+    def schedule(i: int) -> float:
         if i < warmup:
             return (i + 1) / warmup
-        return 0.5 * (1 + torch.cos(torch.tensor(torch.pi * (i - warmup) / max(1, steps - warmup))).item()) * 0.95 + 0.05
+        done = (i - warmup) / max(1, steps - warmup)
+        return 0.1 + 0.9 * 0.5 * (1.0 + torch.cos(torch.tensor(torch.pi * done)).item())
 
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     losses: list[float] = []
     start = time.perf_counter()
     model.train()
     try:
         for i in range(steps):
-            observations = [random_observation(rng) for _ in range(batch_size)]
-            inputs, targets = build_batch(processor, observations)
+            inputs, spans = build_batch(processor, [random_observation(rng) for _ in range(batch_size)])
             inputs = {k: v.to(device) for k, v in inputs.items()}
-            loss = answer_loss(model, inputs, targets.to(device))
+            loss = answer_loss(model, inputs, spans)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -182,19 +312,21 @@ def warm_start(
             scheduler.step()
             losses.append(float(loss.detach()))
             if progress and (i % 25 == 0 or i == steps - 1):
-                print(f"warm_start step {i + 1}/{steps} loss {losses[-1]:.4f} ({time.perf_counter() - start:.1f}s)")
+                elapsed = time.perf_counter() - start
+                print(f"warm_start step {i + 1}/{steps}  loss {losses[-1]:.4f}  {elapsed:.1f}s")
     finally:
         model.eval()
-    tail = losses[-10:] or [float("nan")]
+    tail = losses[-10:]
     return {
         "loss_first": losses[0] if losses else float("nan"),
-        "loss_last": sum(tail) / len(tail),
+        "loss_last": sum(tail) / len(tail) if tail else float("nan"),
         "seconds": time.perf_counter() - start,
     }
 
 
 def save_warm_tiny_qwen2vl(path: str | Path, *, seed: int = 0, steps: int = 300) -> Path:
-    """Build the tiny policy, :func:`warm_start` it and save model + processor to ``path``."""
+    """Build the tiny policy (:func:`~promptloop.testing.policy.build_tiny_qwen2vl`), warm-start
+    it and save model + processor to ``path``; load it with ``TransformersPolicy.from_pretrained``."""
     from .policy import build_tiny_qwen2vl
 
     path = Path(path)
