@@ -349,7 +349,7 @@ class OpenAIEngine(Engine):
     def __init__(self, settings: Settings) -> None:
         from promptloop.policies.openai import OpenAIChatPolicy
 
-        model = settings.openai_model or "default"
+        model = settings.openai_model
         policy = OpenAIChatPolicy(
             settings.policy,
             model=model,
@@ -357,16 +357,14 @@ class OpenAIEngine(Engine):
             sampling=_default_sampling(settings),
             timeout_s=settings.request_timeout_s,
         )
-        super().__init__(policy, model)
+        super().__init__(policy, model or "default")
         self._adapters = dict(settings.adapters)  # name -> served model name
         self._adapter = settings.adapter
 
     async def start(self) -> None:
-        if self.policy.model == "default":  # ask the endpoint what it serves
-            models = await self.policy.alist_models()
-            if not models:
-                raise RuntimeError(f"{self.policy.base_url} serves no model")
-            self.policy.model = self.model = models[0]
+        if self.policy.model is None:  # ask the endpoint what it serves
+            self.policy.model = self.policy._first_model(await self.policy.alist_models())
+        self.model = self.policy.model
 
     async def stop(self) -> None:
         await self.policy.aclose()

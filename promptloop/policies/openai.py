@@ -40,7 +40,8 @@ class OpenAIChatPolicy(GenerativePolicy):
 
     Args:
         base_url: the API root, e.g. ``http://127.0.0.1:8000/v1`` (``/v1`` is added when missing).
-        model: the served model name (for ``vllm serve`` with LoRA modules, an adapter's name).
+        model: the served model name (for ``vllm serve`` with LoRA modules, an adapter's name);
+            ``None`` or ``"default"``: the endpoint's first model (asked once, from ``/models``).
         api_key: sent as ``Authorization: Bearer``.
         sampling: default decoding settings.
         timeout_s: limit for one HTTP request.
@@ -55,7 +56,7 @@ class OpenAIChatPolicy(GenerativePolicy):
     def __init__(
         self,
         base_url: str,
-        model: str = "default",
+        model: str | None = None,
         api_key: str | None = None,
         *,
         sampling: SamplingConfig | None = None,
@@ -74,7 +75,7 @@ class OpenAIChatPolicy(GenerativePolicy):
         if not base.endswith("/v1") and "/v1/" not in base + "/":
             base += "/v1"
         self.base_url = base
-        self.model = model
+        self.model = model if model not in (None, "", "default") else None
         self.api_key = api_key
         self.timeout_s = timeout_s
         self.retries = max(0, int(retries))
@@ -92,7 +93,7 @@ class OpenAIChatPolicy(GenerativePolicy):
 
     @property
     def name_or_path(self) -> str:
-        return f"{self.base_url} ({self.model})"
+        return f"{self.base_url} ({self.model or 'default model'})"
 
     # -- request bodies -------------------------------------------------------------------------
     def openai_messages(self, conversation: list[Message]) -> list[dict[str, Any]]:
@@ -119,7 +120,7 @@ class OpenAIChatPolicy(GenerativePolicy):
     ) -> dict[str, Any]:
         s = sampling or self.sampling
         body: dict[str, Any] = {
-            "model": model or self.model,
+            "model": model or self.model or "default",
             "messages": self.openai_messages(conversation),
             "max_tokens": int(s.max_new_tokens),
             "temperature": 0.0 if s.greedy else float(s.temperature),
@@ -173,6 +174,11 @@ class OpenAIChatPolicy(GenerativePolicy):
             detail = response.text[:300]
         return OpenAIError(f"endpoint answered {response.status_code}: {detail}", response.status_code)
 
+    def _first_model(self, models: list[str]) -> str:
+        if not models:
+            raise OpenAIError(f"{self.base_url} serves no model")
+        return models[0]
+
     # -- sync -----------------------------------------------------------------------------------
     def _sync_client(self):
         import httpx
@@ -217,6 +223,8 @@ class OpenAIChatPolicy(GenerativePolicy):
     ) -> list[Generation]:
         if not conversations:
             return []
+        if model is None and self.model is None:
+            self.model = self._first_model(self.list_models())
         bodies = [self.request_body(c, sampling, model) for c in conversations]
         self._sync_client()
         assert self._pool is not None
@@ -273,6 +281,8 @@ class OpenAIChatPolicy(GenerativePolicy):
         """Concurrent requests on an ``httpx.AsyncClient`` (for use inside a server's loop)."""
         if not conversations:
             return []
+        if model is None and self.model is None:
+            self.model = self._first_model(await self.alist_models())
         loop = asyncio.get_running_loop()
         bodies = await loop.run_in_executor(None, lambda: [self.request_body(c, sampling, model) for c in conversations])
         semaphore = asyncio.Semaphore(self.max_concurrency)

@@ -103,6 +103,9 @@ def test_openai_client_against_a_real_vllm_serve(openai_endpoint, tf_policy):
         assert [r.token_ids for r in remote] == [r.token_ids for r in local]
         policy.model = "oil"
         assert {r.text for r in policy.refine(observations)} == {ADAPTER_ANSWER}
+    with OpenAIChatPolicy(url) as default_model:  # no model named: the endpoint's first (the base)
+        assert default_model.refine(observations[:1])[0].text == BASE_ANSWER
+        assert default_model.model == "tiny"
 
     # the sidecar in front of it
     settings = server_settings(url, "tiny", "unused", "openai", adapters={"oil": "oil"}, backbones={},
