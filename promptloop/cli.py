@@ -80,14 +80,18 @@ def demo(
     preview: PreviewOpt = "vae",
     size: Annotated[int, typer.Option(help="Image size in pixels (tiny models: keep it small).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
+    policy_steps: Annotated[int, typer.Option(
+        help="Fine-tuning steps that teach the tiny policy to append a style phrase (0: random policy, "
+             "whose output is rejected as garbage; the trace then shows the fallbacks).")] = 300,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the loop on tiny models built in code (random weights, real classes; no download).
+    """Run the loop on tiny models built in code (real classes, no download).
 
-    It builds a tiny diffusion pipeline and a tiny Qwen2-VL policy, saves both with
-    save_pretrained and loads them back through the same code real checkpoints use, generates,
-    and writes the images and the trace (JSON, HTML page, PNG strip) to --out.
-    A random policy writes random words: the point is to see the loop, not good prompts.
+    It builds a tiny diffusion pipeline (random weights) and a tiny Qwen2-VL policy, which it
+    first teaches, in about 40 s on a CPU (cached under ~/.cache/promptloop), to answer with the
+    current prompt plus a style phrase. Both are saved with save_pretrained and loaded back
+    through the same code real checkpoints use. The images and the trace (JSON, HTML page, PNG
+    strip) go to --out. The diffusion model is random: the point is to see the loop.
     """
     _setup_logging(verbose)
     import torch
@@ -100,12 +104,16 @@ def demo(
 
     prompts = list(prompt or TINY_PROMPTS[:2])
     with tempfile.TemporaryDirectory(prefix="promptloop-demo-") as tmp:
-        typer.echo(f"building tiny {family} pipeline and tiny Qwen2-VL policy ...")
+        typer.echo(f"building tiny {family} pipeline ...")
         backbone_dir = save_tiny_pipeline(family, Path(tmp) / f"tiny-{family}")
-        policy_dir = save_tiny_qwen2vl(Path(tmp) / "tiny-qwen2vl")
         pipe = load_pipeline(backbone_dir, device="cpu", dtype="float32")
-        policy = TransformersPolicy.from_pretrained(policy_dir, device="cpu",
-                                                    sampling=SamplingConfig(max_new_tokens=24, temperature=0.9, seed=seed))
+        if policy_steps > 0:
+            policy_dir = _warm_tiny_policy(policy_steps)
+        else:
+            typer.echo("building an untrained tiny Qwen2-VL policy (its output will be rejected) ...")
+            policy_dir = save_tiny_qwen2vl(Path(tmp) / "tiny-qwen2vl")
+        policy = TransformersPolicy.from_pretrained(policy_dir, device="cpu", dtype="float32",
+                                                    sampling=SamplingConfig(max_new_tokens=48))
     hook = PromptLoopHook(policy, schedule=schedule, mode=mode, preview=preview, preview_size=128)
     kwargs = dict(num_inference_steps=steps, height=size, width=size, generator=torch.Generator().manual_seed(seed))
     if family != "flux":
@@ -113,10 +121,23 @@ def demo(
     start = time.perf_counter()
     images = pipe(prompts, callback_on_step_end=hook, **kwargs).images
     elapsed = time.perf_counter() - start
-    _write_outputs(out, images, hook, {"seed": seed, "backbone": f"tiny-{family}", "policy": "tiny-qwen2vl",
+    policy_name = f"tiny-qwen2vl (taught, {policy_steps} steps)" if policy_steps else "tiny-qwen2vl (random)"
+    _write_outputs(out, images, hook, {"seed": seed, "backbone": f"tiny-{family}", "policy": policy_name,
                                        "seconds": round(elapsed, 3)})
     typer.echo(hook.trace.to_text())
     typer.echo(f"\n{len(images)} images in {elapsed:.2f} s. Open {out / 'trace.html'} (or {out / 'trace.png'}).")
+
+
+def _warm_tiny_policy(steps: int) -> Path:
+    """The taught tiny policy, trained once and cached."""
+    from promptloop.testing.warmup import save_warm_tiny_qwen2vl
+
+    cache = Path(os.environ.get("PROMPTLOOP_CACHE", Path.home() / ".cache" / "promptloop"))
+    path = cache / f"tiny-qwen2vl-warm-{steps}"
+    if not (path / "config.json").exists():
+        typer.echo(f"teaching the tiny Qwen2-VL policy its job ({steps} steps, ~40 s on a CPU; cached in {path}) ...")
+        save_warm_tiny_qwen2vl(path, steps=steps)
+    return path
 
 
 @app.command()

@@ -18,9 +18,12 @@ def test_help_lists_the_commands():
         assert command in result.output
 
 
-def test_demo_writes_images_and_a_trace(tmp_path):
+def test_demo_writes_images_and_a_trace(tmp_path, monkeypatch):
+    monkeypatch.setenv("PROMPTLOOP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "6", "--schedule", "evenly:2"])
+    # A short teaching run keeps the test fast; the taught policy itself is tested in test_warmup.
+    result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "6", "--schedule", "evenly:2",
+                                 "--policy-steps", "5"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("image_*.png")) == ["image_00.png", "image_01.png"]
     data = json.loads((out / "trace.json").read_text())
@@ -29,6 +32,16 @@ def test_demo_writes_images_and_a_trace(tmp_path):
     assert "<img" in (out / "trace.html").read_text()
     assert (out / "trace.png").stat().st_size > 0
     assert "trace.html" in result.output
+    assert (tmp_path / "cache" / "tiny-qwen2vl-warm-5" / "config.json").exists()
+
+
+def test_demo_with_an_untrained_policy_records_fallbacks(tmp_path):
+    out = tmp_path / "demo"
+    result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "4", "--schedule", "1",
+                                 "--policy-steps", "0", "-p", "a red fox"])
+    assert result.exit_code == 0, result.output
+    entries = json.loads((out / "trace.json").read_text())["entries"]
+    assert len(entries) == 1 and entries[0]["fallback"] in ("truncated", "unparsable", "empty", "too_long")
 
 
 def test_generate_from_saved_directories(tmp_path, tiny_policy_dir):
