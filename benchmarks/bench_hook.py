@@ -2,13 +2,12 @@
 
     python benchmarks/bench_hook.py [--device cuda] [--steps 20] [--repeats 5]
 
-The policy is the real tiny Qwen2-VL (transformers backend, greedy, 16 new tokens) looking at
+The policy is the real tiny Qwen2-VL, taught to append a style phrase (promptloop.testing.warmup) (transformers backend, greedy, 16 new tokens) looking at
 VAE previews. Ratios are against plain sampling measured in the same run (interleaved).
 """
 
 from __future__ import annotations
 
-import tempfile
 
 import torch
 
@@ -16,7 +15,7 @@ from common import base_parser, report, time_interleaved
 from promptloop import PromptLoopHook
 from promptloop.policies import SamplingConfig, TransformersPolicy
 from promptloop.testing import TINY_PROMPTS, tiny_pipeline
-from promptloop.testing.policy import save_tiny_qwen2vl
+from promptloop.testing.warmup import cached_warm_tiny_qwen2vl
 
 
 def main() -> None:
@@ -26,9 +25,8 @@ def main() -> None:
     torch.set_grad_enabled(False)
     pipe = tiny_pipeline(args.family).to(args.device)
     pipe.set_progress_bar_config(disable=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        policy = TransformersPolicy.from_pretrained(save_tiny_qwen2vl(tmp), device=args.device, dtype="float32",
-                                                    sampling=SamplingConfig(max_new_tokens=16))
+    policy = TransformersPolicy.from_pretrained(cached_warm_tiny_qwen2vl(), device=args.device, dtype="float32",
+                                                sampling=SamplingConfig(max_new_tokens=48))
     prompts = TINY_PROMPTS[: args.batch]
 
     def run(hook=None):

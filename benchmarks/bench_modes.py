@@ -2,7 +2,7 @@
 
     python benchmarks/bench_modes.py [--device cuda] [--steps 50] [--delay-steps 3]
 
-The policy is the real tiny Qwen2-VL plus an injected delay equal to ``--delay-steps`` plain
+The policy is the real tiny Qwen2-VL, taught to append a style phrase (promptloop.testing.warmup) plus an injected delay equal to ``--delay-steps`` plain
 denoising steps (measured in this run), standing in for a large policy's latency. The goals
 (issue 5): sync <= 1.2x, async <= 1.05x, ahead <= 1.02x plain.
 """
@@ -10,7 +10,6 @@ denoising steps (measured in this run), standing in for a large policy's latency
 from __future__ import annotations
 
 import statistics
-import tempfile
 import time
 from functools import partial
 
@@ -21,7 +20,7 @@ from promptloop import PromptLoopHook
 from promptloop.policies import SamplingConfig, TransformersPolicy
 from promptloop.policies.process import ProcessPolicy
 from promptloop.testing import TINY_PROMPTS, tiny_pipeline
-from promptloop.testing.policy import save_tiny_qwen2vl
+from promptloop.testing.warmup import cached_warm_tiny_qwen2vl
 
 
 class DelayedPolicy:
@@ -51,7 +50,7 @@ class DelayedPolicy:
 def delayed_tiny_policy(path: str, device: str, delay_s: float) -> DelayedPolicy:
     """Factory for the child process of ``ProcessPolicy`` (module level, so it pickles)."""
     inner = TransformersPolicy.from_pretrained(path, device=device, dtype="float32",
-                                               sampling=SamplingConfig(max_new_tokens=16))
+                                               sampling=SamplingConfig(max_new_tokens=48))
     return DelayedPolicy(inner, delay_s)
 
 
@@ -65,10 +64,9 @@ def main() -> None:
     torch.set_grad_enabled(False)
     pipe = tiny_pipeline(args.family).to(args.device)
     pipe.set_progress_bar_config(disable=True)
-    tmp = tempfile.TemporaryDirectory()
-    policy_dir = str(save_tiny_qwen2vl(tmp.name))
+    policy_dir = str(cached_warm_tiny_qwen2vl())
     inner = TransformersPolicy.from_pretrained(policy_dir, device=args.device, dtype="float32",
-                                               sampling=SamplingConfig(max_new_tokens=16))
+                                               sampling=SamplingConfig(max_new_tokens=48))
     prompts = TINY_PROMPTS[: args.batch]
 
     def run(hook=None):
@@ -111,7 +109,6 @@ def main() -> None:
         print(f"{mode}: {len(lags)}/{len(trace.entries)} refinements took effect (outcomes: {', '.join(kinds)}); "
               f"lag in steps {sorted(set(lags))}")
     remote.close()
-    tmp.cleanup()
 
 
 if __name__ == "__main__":

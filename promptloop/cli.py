@@ -130,14 +130,12 @@ def demo(
 
 def _warm_tiny_policy(steps: int) -> Path:
     """The taught tiny policy, trained once and cached."""
-    from promptloop.testing.warmup import save_warm_tiny_qwen2vl
+    from promptloop.testing.warmup import cached_warm_tiny_qwen2vl
 
     cache = Path(os.environ.get("PROMPTLOOP_CACHE", Path.home() / ".cache" / "promptloop"))
-    path = cache / f"tiny-qwen2vl-warm-{steps}"
-    if not (path / "config.json").exists():
-        typer.echo(f"teaching the tiny Qwen2-VL policy its job ({steps} steps, ~40 s on a CPU; cached in {path}) ...")
-        save_warm_tiny_qwen2vl(path, steps=steps)
-    return path
+    if not (cache / f"tiny-qwen2vl-warm-{steps}" / "config.json").exists():
+        typer.echo(f"teaching the tiny Qwen2-VL policy its job ({steps} steps, ~40 s on a CPU; cached in {cache}) ...")
+    return cached_warm_tiny_qwen2vl(steps=steps, cache_dir=cache)
 
 
 @app.command()

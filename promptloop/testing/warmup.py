@@ -335,3 +335,14 @@ def save_warm_tiny_qwen2vl(path: str | Path, *, seed: int = 0, steps: int = 300)
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return path
+
+
+def cached_warm_tiny_qwen2vl(*, steps: int = 300, seed: int = 0, cache_dir: str | Path | None = None) -> Path:
+    """:func:`save_warm_tiny_qwen2vl`, done once and cached (``$PROMPTLOOP_CACHE`` or ``~/.cache/promptloop``)."""
+    import os
+
+    cache = Path(cache_dir or os.environ.get("PROMPTLOOP_CACHE", Path.home() / ".cache" / "promptloop"))
+    path = cache / (f"tiny-qwen2vl-warm-{steps}" if seed == 0 else f"tiny-qwen2vl-warm-{steps}-seed{seed}")
+    if not (path / "config.json").exists():
+        save_warm_tiny_qwen2vl(path, seed=seed, steps=steps)
+    return path
