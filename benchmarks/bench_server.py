@@ -6,9 +6,10 @@
 For each backend the sidecar runs as its own process (``python -m promptloop.server``, the same
 code as ``promptloop serve``) on loopback, serving the tiny Qwen2-VL built in code; clients are
 asyncio tasks in this process, each sending one ``POST /refine`` (a 64x64 PNG preview) after the
-other. Every concurrency level runs for the same wall time after a warm-up. Figures are printed
-as ratios to the same backend's 1-client throughput, measured in the same run, with p50/p99
-latency.
+other. All servers start first; then every (backend, concurrency) pair is measured for the same
+wall time in each of several interleaved rounds, so a burst of load from elsewhere on the machine
+hits all of them alike. Figures are the medians over rounds, printed as ratios to the same
+backend's 1-client throughput measured in the same run, with p50/p99 latency.
 """
 
 from __future__ import annotations
@@ -26,6 +27,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+#: vLLM-CPU settings for a small machine that the engine shares with the HTTP server and the
+#: clients: the model worker runs inside the engine process (one interpreter fewer), and its OpenMP
+#: threads are not pinned to cores (pinned threads stall whenever another process runs on their
+#: core). Applied only on machines without CUDA, and only where not already set.
+CPU_TUNING = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
 
 
 def _free_port() -> int:
@@ -54,8 +61,8 @@ def start_server(backend: str, policy_dir: Path, args, log: Path) -> tuple[subpr
     else:
         cmd += ["--device", "cpu", "--batch-size", "16", "--batch-wait-ms", str(args.batch_wait_ms)]
     env = dict(os.environ)
-    if not args.vllm_multiprocessing:
-        env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if backend == "vllm" and args.cpu_tuning:
+        env.update({k: v for k, v in CPU_TUNING.items() if k not in os.environ})
     out = open(log, "wb")
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
@@ -106,27 +113,29 @@ async def run_level(url: str, clients: int, seconds: float, warmup: int) -> dict
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         wall = time.perf_counter() - start
-    latencies.sort()
-    return {
-        "clients": clients,
-        "done": len(latencies),
-        "errors": errors,
-        "rps": len(latencies) / wall,
-        "p50": statistics.median(latencies) if latencies else float("nan"),
-        "p99": latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else float("nan"),
-    }
+    return {"clients": clients, "latencies": latencies, "errors": errors, "rps": len(latencies) / wall}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(q * len(values)))]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--backends", default="auto", help="comma list of vllm,transformers (auto: both if vllm is installed)")
-    parser.add_argument("--clients", default="1,4,16")
-    parser.add_argument("--seconds", type=float, default=10.0, help="measured wall time per concurrency level")
+    parser.add_argument("--clients", default="1,4,16", help="concurrency levels; the first is the reference (1)")
+    parser.add_argument("--seconds", type=float, default=4.0, help="measured wall time per level and round")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (the median is reported)")
     parser.add_argument("--warmup", type=int, default=8)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--max-new-tokens", type=int, default=64,
+                        help="tokens per refinement (the random tiny policy always writes this many; a refined "
+                        "prompt for CLIP-conditioned backbones is up to 77 tokens)")
     parser.add_argument("--batch-wait-ms", type=float, default=5.0, help="transformers backend micro-batching window")
-    parser.add_argument("--vllm-multiprocessing", action="store_true",
-                        help="keep vLLM's worker in its own process (default on CPU here: in the engine process)")
+    parser.add_argument("--no-cpu-tuning", dest="cpu_tuning", action="store_false",
+                        help=f"do not set {', '.join(f'{k}={v}' for k, v in CPU_TUNING.items())} for vLLM on CPU")
     parser.add_argument("--policy", type=Path, default=None, help="policy checkpoint (default: the tiny Qwen2-VL)")
     args = parser.parse_args()
 
@@ -137,6 +146,9 @@ def main() -> int:
     else:
         backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     levels = [int(c) for c in args.clients.split(",")]
+    import torch
+
+    args.cpu_tuning = args.cpu_tuning and not torch.cuda.is_available()
 
     with tempfile.TemporaryDirectory(prefix="promptloop-bench-") as tmp:
         tmp = Path(tmp)
@@ -145,35 +157,48 @@ def main() -> int:
             from promptloop.testing.policy import save_tiny_qwen2vl
 
             policy_dir = save_tiny_qwen2vl(tmp / "tiny-qwen2vl")
-        results: dict[str, list[dict]] = {}
-        for backend in backends:
-            print(f"starting the {backend} sidecar ...", flush=True)
-            t0 = time.perf_counter()
-            proc, url = start_server(backend, policy_dir, args, tmp / f"{backend}.log")
-            print(f"  ready in {time.perf_counter() - t0:.0f} s", flush=True)
-            try:
-                results[backend] = []
-                for clients in levels:
-                    r = asyncio.run(run_level(url, clients, args.seconds, args.warmup))
-                    results[backend].append(r)
-                    print(f"  {clients:>3} clients: {r['rps']:7.1f} refinements/s  p50 {r['p50'] * 1000:7.1f} ms  "
-                          f"p99 {r['p99'] * 1000:7.1f} ms  ({r['done']} done, {r['errors']} errors)", flush=True)
-            finally:
+        servers: dict[str, tuple[subprocess.Popen, str]] = {}
+        try:
+            for backend in backends:  # all servers up first, then measured in interleaved rounds
+                print(f"starting the {backend} sidecar ...", flush=True)
+                t0 = time.perf_counter()
+                servers[backend] = start_server(backend, policy_dir, args, tmp / f"{backend}.log")
+                print(f"  ready in {time.perf_counter() - t0:.0f} s", flush=True)
+            runs: dict[tuple[str, int], list[dict]] = {(b, c): [] for b in backends for c in levels}
+            for round_index in range(args.rounds):
+                for backend in backends:
+                    line = []
+                    for clients in levels:
+                        r = asyncio.run(run_level(servers[backend][1], clients, args.seconds, args.warmup))
+                        runs[backend, clients].append(r)
+                        line.append(f"{clients} clients {r['rps']:6.1f}/s")
+                    print(f"  round {round_index + 1} {backend:<13}" + "  ".join(line), flush=True)
+        finally:
+            for proc, _ in servers.values():
                 proc.send_signal(signal.SIGTERM)
+            for proc, _ in servers.values():
                 try:
                     proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     proc.kill()
 
     print()
-    print(f"Sidecar throughput, tiny Qwen2-VL, {args.max_new_tokens} new tokens max, 64x64 PNG preview, "
-          f"{os.cpu_count()} CPU cores; ratio = refinements/s relative to 1 client of the same backend")
-    print(f"{'backend':<13}{'clients':>8}{'refin./s':>11}{'ratio':>8}{'p50 ms':>10}{'p99 ms':>10}{'errors':>8}")
-    for backend, rows in results.items():
-        base = rows[0]["rps"] if rows and rows[0]["clients"] == 1 else float("nan")
-        for r in rows:
-            print(f"{backend:<13}{r['clients']:>8}{r['rps']:>11.1f}{r['rps'] / base:>7.2f}x"
-                  f"{r['p50'] * 1000:>10.1f}{r['p99'] * 1000:>10.1f}{r['errors']:>8}")
+    print(f"Sidecar throughput, tiny Qwen2-VL, {args.max_new_tokens} new tokens, 64x64 PNG preview, "
+          f"{os.cpu_count()} CPU cores, {args.rounds} interleaved rounds of {args.seconds:g} s per level.")
+    print("refin./s: median over rounds; ratio: median over rounds of refin./s relative to the same backend's "
+          "1-client figure of that round; latency over all rounds.")
+    if args.cpu_tuning and "vllm" in backends:
+        print("vLLM environment: " + ", ".join(f"{k}={os.environ.get(k, v)}" for k, v in CPU_TUNING.items()))
+    print(f"{'backend':<13}{'clients':>8}{'refin./s':>11}{'ratio':>8}{'p50 ms':>10}{'p99 ms':>10}{'requests':>10}{'errors':>8}")
+    for backend in backends:
+        for clients in levels:
+            rows = runs[backend, clients]
+            rps = statistics.median(r["rps"] for r in rows)
+            # per round, against that round's 1-client figure (measured seconds apart), then the median
+            ratio = statistics.median(r["rps"] / max(b["rps"], 1e-9) for r, b in zip(rows, runs[backend, levels[0]]))
+            lat = [x for r in rows for x in r["latencies"]]
+            print(f"{backend:<13}{clients:>8}{rps:>11.1f}{ratio:>7.2f}x{_percentile(lat, 0.5) * 1000:>10.1f}"
+                  f"{_percentile(lat, 0.99) * 1000:>10.1f}{len(lat):>10}{sum(r['errors'] for r in rows):>8}")
     return 0
 
 

@@ -193,7 +193,7 @@ def create_app(
             logger.info("PromptLoop sidecar ready: %s", state["engine"].info())
         except asyncio.CancelledError:
             raise
-        except BaseException as exc:  # noqa: BLE001 - reported on /ready
+        except BaseException as exc:
             logger.exception("loading the policy failed")
             state["load_error"] = f"{type(exc).__name__}: {exc}"
             server = getattr(app.state, "uvicorn_server", None)
@@ -223,7 +223,7 @@ def create_app(
             if state["engine"] is not None:
                 try:
                     await state["engine"].stop()
-                except Exception:  # noqa: BLE001
+                except Exception:
                     logger.exception("stopping the policy engine failed")
 
     app = FastAPI(
@@ -370,7 +370,7 @@ def create_app(
             raise APIError(504, "policy_timeout", "the policy did not answer in time") from None
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # noqa: BLE001 - engine failure: the service is unavailable
+        except Exception as exc:
             logger.exception("policy generation failed")
             raise APIError(503, "policy_error", f"the policy failed: {type(exc).__name__}: {exc}") from None
         if len(generations) != len(conversations):
@@ -590,6 +590,6 @@ async def _warmup(engine: Engine) -> None:
     sampling = replace(engine.default_sampling, max_new_tokens=2)
     try:
         await engine.generate([engine.policy.messages_for(obs)], sampling, DEFAULT)
-    except Exception:  # noqa: BLE001 - a failed warm-up shows up on the first request instead
+    except Exception:
         logger.warning("warm-up generation failed", exc_info=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -48,29 +48,29 @@ def serve(
     backend: Annotated[str, typer.Option(
         help="vllm (in-process AsyncLLM, continuous batching), transformers (in-process, micro-batched), "
         "openai (forward to an OpenAI-compatible endpoint), or auto (vllm when installed).")] = "auto",
-    adapter: Annotated[Optional[list[str]], typer.Option(
+    adapter: Annotated[list[str] | None, typer.Option(
         "--adapter", help="LoRA adapter to load at start, NAME=PATH or PATH (repeatable). For openai: "
         "NAME=SERVED_MODEL_NAME.")] = None,
-    default_adapter: Annotated[Optional[str], typer.Option(
+    default_adapter: Annotated[str | None, typer.Option(
         help="Adapter used when a request names none (default: the first --adapter; 'none' for the base "
         "model).")] = None,
-    openai_model: Annotated[Optional[str], typer.Option(
+    openai_model: Annotated[str | None, typer.Option(
         help="openai backend: the served model name (default: the endpoint's first model).")] = None,
-    openai_api_key: Annotated[Optional[str], typer.Option(
+    openai_api_key: Annotated[str | None, typer.Option(
         envvar="PROMPTLOOP_OPENAI_API_KEY", help="openai backend: key for the endpoint.")] = None,
-    backbone: Annotated[Optional[list[str]], typer.Option(
+    backbone: Annotated[list[str] | None, typer.Option(
         "--backbone", help="Diffusers checkpoint whose text encoders and VAE to hold, NAME=PATH or PATH "
         "(repeatable): lets clients send latents and ask for prompt embeddings.")] = None,
-    backbone_device: Annotated[Optional[str], typer.Option(help="Device for backbones (default cpu).")] = None,
-    backbone_dtype: Annotated[Optional[str], typer.Option(help="dtype for backbones: float32, float16, "
+    backbone_device: Annotated[str | None, typer.Option(help="Device for backbones (default cpu).")] = None,
+    backbone_dtype: Annotated[str | None, typer.Option(help="dtype for backbones: float32, float16, "
                                                           "bfloat16.")] = None,
     preview: Annotated[str, typer.Option(help="How latents are decoded: vae or linear.")] = "vae",
     preview_size: Annotated[int, typer.Option(help="Longer side of decoded previews, pixels.")] = 256,
     host: Annotated[str, typer.Option(help="Interface to listen on (0.0.0.0 for all).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8765,
-    api_key: Annotated[Optional[str], typer.Option(
+    api_key: Annotated[str | None, typer.Option(
         envvar="PROMPTLOOP_API_KEY", help="Require this key ('Authorization: Bearer KEY' or 'X-API-Key').")] = None,
-    admin_key: Annotated[Optional[str], typer.Option(
+    admin_key: Annotated[str | None, typer.Option(
         envvar="PROMPTLOOP_ADMIN_KEY", help="Key for /admin endpoints (default: --api-key; without either "
         "they are off).")] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB (413 beyond).")] = 32.0,
@@ -81,20 +81,20 @@ def serve(
     max_new_tokens: Annotated[int, typer.Option(help="Default token budget of a refinement.")] = 96,
     temperature: Annotated[float, typer.Option(help="Default sampling temperature (0: greedy).")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Default nucleus sampling p.")] = 1.0,
-    seed: Annotated[Optional[int], typer.Option(help="Default sampling seed.")] = None,
+    seed: Annotated[int | None, typer.Option(help="Default sampling seed.")] = None,
     dtype: Annotated[str, typer.Option(help="Policy dtype: auto, float32, float16, bfloat16.")] = "auto",
-    max_model_len: Annotated[Optional[int], typer.Option(help="vllm: context length.")] = None,
-    gpu_memory_utilization: Annotated[Optional[float], typer.Option(help="vllm: fraction of GPU memory.")] = None,
-    kv_cache_mb: Annotated[Optional[int], typer.Option(help="vllm: KV cache size, MiB (CPU default 512).")] = None,
-    enforce_eager: Annotated[Optional[bool], typer.Option(
+    max_model_len: Annotated[int | None, typer.Option(help="vllm: context length.")] = None,
+    gpu_memory_utilization: Annotated[float | None, typer.Option(help="vllm: fraction of GPU memory.")] = None,
+    kv_cache_mb: Annotated[int | None, typer.Option(help="vllm: KV cache size, MiB (CPU default 512).")] = None,
+    enforce_eager: Annotated[bool | None, typer.Option(
         "--enforce-eager/--no-enforce-eager", help="vllm: skip CUDA graphs / compilation.")] = None,
-    enable_lora: Annotated[Optional[bool], typer.Option(
+    enable_lora: Annotated[bool | None, typer.Option(
         "--enable-lora/--no-enable-lora", help="vllm: allow LoRA adapters (on when --adapter is given; needed "
         "to load adapters later through /admin/adapter).")] = None,
     max_lora_rank: Annotated[int, typer.Option(help="vllm: largest LoRA rank.")] = 16,
-    engine_arg: Annotated[Optional[list[str]], typer.Option(
+    engine_arg: Annotated[list[str] | None, typer.Option(
         "--engine-arg", help="vllm: any other EngineArgs field, KEY=VALUE with a JSON value (repeatable).")] = None,
-    device: Annotated[Optional[str], typer.Option(help="transformers: device (default cuda if available).")] = None,
+    device: Annotated[str | None, typer.Option(help="transformers: device (default cuda if available).")] = None,
     batch_size: Annotated[int, typer.Option(help="transformers: most conversations per generate call.")] = 16,
     batch_wait_ms: Annotated[float, typer.Option(help="transformers: how long to gather a batch.")] = 5.0,
     wait_for_load: Annotated[bool, typer.Option(
@@ -107,7 +107,6 @@ def serve(
     import logging
 
     import uvicorn
-
     from promptloop.server.app import create_app
     from promptloop.server.settings import Settings
 

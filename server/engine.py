@@ -63,10 +63,10 @@ class Engine(abc.ABC):
             self._default_sampling = replace(base) if base is not None else SamplingConfig()
         return self._default_sampling
 
-    async def start(self) -> None:  # noqa: B027 - optional hook
+    async def start(self) -> None:
         """Load weights / start processes (may take long; runs while /ready says 503)."""
 
-    async def stop(self) -> None:  # noqa: B027 - optional hook
+    async def stop(self) -> None:
         """Release everything (called on shutdown)."""
 
     @abc.abstractmethod

@@ -64,8 +64,7 @@ class HTTPPolicy:
     ) -> None:
         base = url.rstrip("/")
         for suffix in ("/refine", "/plan"):
-            if base.endswith(suffix):
-                base = base[: -len(suffix)]
+            base = base.removesuffix(suffix)
         self.url = base
         self.api_key = api_key
         self.timeout_s = float(timeout_s)

@@ -221,6 +221,10 @@ class VLLMPolicy(GenerativePolicy):
             self._processor = AutoProcessor.from_pretrained(self.name_or_path)
         return self._processor
 
+    @property
+    def tokenizer(self):
+        return getattr(self.processor, "tokenizer", self.processor)
+
     # -- engine -------------------------------------------------------------------------------
     def start(self) -> None:
         """Create the engine (vLLM start-up takes tens of seconds)."""
@@ -314,6 +318,9 @@ class VLLMPolicy(GenerativePolicy):
 
         s = sampling or self.sampling
         kwargs: dict[str, Any] = dict(
+            # The text is decoded once at the end (``to_generation``), as the transformers backend
+            # decodes it, instead of incrementally at every step in the serving process.
+            detokenize=False,
             temperature=0.0 if s.greedy else float(s.temperature),
             top_p=1.0 if s.greedy else float(s.top_p),
             max_tokens=int(s.max_new_tokens),
@@ -326,16 +333,16 @@ class VLLMPolicy(GenerativePolicy):
             kwargs["output_kind"] = RequestOutputKind.FINAL_ONLY
         return SamplingParams(**kwargs)
 
-    @staticmethod
-    def to_generation(request_output: Any) -> Generation:
+    def to_generation(self, request_output: Any) -> Generation:
         """A :class:`Generation` from a vLLM ``RequestOutput`` (first completion)."""
         completion = request_output.outputs[0]
         token_ids = list(completion.token_ids)
+        text = completion.text or self.tokenizer.decode(token_ids, skip_special_tokens=True)
         logprobs = None
         if completion.logprobs is not None:
             logprobs = [float(step[token].logprob) for token, step in zip(token_ids, completion.logprobs)]
         return Generation(
-            text=completion.text,
+            text=text,
             token_ids=token_ids,
             logprobs=logprobs,
             finished=completion.finish_reason != "length",
@@ -538,4 +545,4 @@ class AsyncVLLMPolicy(VLLMPolicy):
         return out
 
 
-__all__ = ["AsyncVLLMPolicy", "DEFAULT_MAX_PIXELS", "VLLMPolicy", "prepare_conversation", "vllm_available"]
+__all__ = ["DEFAULT_MAX_PIXELS", "AsyncVLLMPolicy", "VLLMPolicy", "prepare_conversation", "vllm_available"]

@@ -9,12 +9,12 @@ import sys
 
 import httpx
 import pytest
-from PIL import Image
-
 from conftest import ENGINE_KWARGS, VLLM_AVAILABLE, free_port
+from PIL import Image
+from trained_policy import ADAPTER_ANSWER, BASE_ANSWER
+
 from promptloop.policies.http import HTTPPolicy
 from promptloop.refinement import Observation
-from trained_policy import ADAPTER_ANSWER, BASE_ANSWER
 
 
 def test_serve_command_runs_and_stops_gracefully(trained_dirs, tmp_path):

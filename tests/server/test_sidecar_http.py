@@ -13,13 +13,13 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
 from conftest import ADMIN_KEY, API_KEY
-from promptloop.policies.http import HTTPPolicy
-from promptloop.refinement import Fallback, Observation
+from PIL import Image
 from promptloop.server.codec import decode_tensors, encode_image, encode_latents, encode_tensors
 from trained_policy import ADAPTER_ANSWER, BASE_ANSWER
+
+from promptloop.policies.http import HTTPPolicy
+from promptloop.refinement import Fallback, Observation
 
 
 def _png(color=(200, 40, 40), size=(64, 64)) -> str:

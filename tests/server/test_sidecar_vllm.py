@@ -7,13 +7,13 @@ import concurrent.futures
 
 import httpx
 import pytest
-from PIL import Image
-
 from conftest import API_KEY
+from PIL import Image
+from trained_policy import ADAPTER_ANSWER, BASE_ANSWER
+
 from promptloop.policies import SamplingConfig
 from promptloop.policies.http import HTTPPolicy
 from promptloop.refinement import Observation
-from trained_policy import ADAPTER_ANSWER, BASE_ANSWER
 
 pytestmark = pytest.mark.vllm
 
