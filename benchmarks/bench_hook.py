@@ -9,12 +9,10 @@ VAE previews. Ratios are against plain sampling measured in the same run (interl
 from __future__ import annotations
 
 
-import torch
 
-from common import base_parser, report, time_interleaved
+from common import base_parser, report, time_interleaved, tiny_runner
 from promptloop import PromptLoopHook
 from promptloop.policies import SamplingConfig, TransformersPolicy
-from promptloop.testing import TINY_PROMPTS, tiny_pipeline
 from promptloop.testing.warmup import cached_warm_tiny_qwen2vl
 
 
@@ -22,19 +20,9 @@ def main() -> None:
     parser = base_parser(__doc__)
     parser.add_argument("--preview", default="vae", choices=["vae", "linear"])
     args = parser.parse_args()
-    torch.set_grad_enabled(False)
-    pipe = tiny_pipeline(args.family).to(args.device)
-    pipe.set_progress_bar_config(disable=True)
+    run = tiny_runner(args)
     policy = TransformersPolicy.from_pretrained(cached_warm_tiny_qwen2vl(), device=args.device, dtype="float32",
                                                 sampling=SamplingConfig(max_new_tokens=48))
-    prompts = TINY_PROMPTS[: args.batch]
-
-    def run(hook=None):
-        kwargs = dict(num_inference_steps=args.steps, height=args.size, width=args.size, output_type="latent",
-                      generator=torch.Generator().manual_seed(0))
-        if hook is not None:
-            kwargs["callback_on_step_end"] = hook
-        return pipe(prompts, **kwargs)
 
     hooks = {k: PromptLoopHook(policy, schedule=f"evenly:{k}" if k else None, preview=args.preview,
                                preview_size=112) for k in (0, 3)}

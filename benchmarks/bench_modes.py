@@ -13,13 +13,11 @@ import statistics
 import time
 from functools import partial
 
-import torch
 
-from common import base_parser, report, time_interleaved
+from common import base_parser, report, time_interleaved, tiny_runner
 from promptloop import PromptLoopHook
 from promptloop.policies import SamplingConfig, TransformersPolicy
 from promptloop.policies.process import ProcessPolicy
-from promptloop.testing import TINY_PROMPTS, tiny_pipeline
 from promptloop.testing.warmup import cached_warm_tiny_qwen2vl
 
 
@@ -61,20 +59,10 @@ def main() -> None:
     parser.add_argument("--delay-steps", type=float, default=3.0)
     parser.add_argument("--preview", default="linear", choices=["vae", "linear"])
     args = parser.parse_args()
-    torch.set_grad_enabled(False)
-    pipe = tiny_pipeline(args.family).to(args.device)
-    pipe.set_progress_bar_config(disable=True)
+    run = tiny_runner(args)
     policy_dir = str(cached_warm_tiny_qwen2vl())
     inner = TransformersPolicy.from_pretrained(policy_dir, device=args.device, dtype="float32",
                                                sampling=SamplingConfig(max_new_tokens=48))
-    prompts = TINY_PROMPTS[: args.batch]
-
-    def run(hook=None):
-        kwargs = dict(num_inference_steps=args.steps, height=args.size, width=args.size, output_type="latent",
-                      generator=torch.Generator().manual_seed(0))
-        if hook is not None:
-            kwargs["callback_on_step_end"] = hook
-        return pipe(prompts, **kwargs)
 
     run()
     plain = []

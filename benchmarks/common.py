@@ -21,6 +21,26 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def tiny_runner(args: argparse.Namespace) -> Callable[..., object]:
+    """``run(hook=None)``: the tiny ``--family`` pipeline on ``--device`` sampling
+    ``--batch`` prompts for ``--steps`` steps at ``--size`` px from a fixed seed."""
+    from promptloop.testing import TINY_PROMPTS, tiny_pipeline
+
+    torch.set_grad_enabled(False)
+    pipe = tiny_pipeline(args.family).to(args.device)
+    pipe.set_progress_bar_config(disable=True)
+    prompts = TINY_PROMPTS[: args.batch]
+
+    def run(hook=None):
+        kwargs = dict(num_inference_steps=args.steps, height=args.size, width=args.size, output_type="latent",
+                      generator=torch.Generator().manual_seed(0))
+        if hook is not None:
+            kwargs["callback_on_step_end"] = hook
+        return pipe(prompts, **kwargs)
+
+    return run
+
+
 def sync(device: str) -> None:
     if str(device).startswith("cuda"):
         torch.cuda.synchronize()

@@ -232,11 +232,7 @@ class PromptLoopHook(PipelineCallback):
         num_steps = int(getattr(pipeline, "_num_timesteps", 0) or len(getattr(pipeline.scheduler, "timesteps", [])))
         run = _Run(pipeline, adapter, num_samples, num_steps, call.get("height"), call.get("width"))
 
-        prompts = self.prompt if self.prompt is not None else call.get("prompt")
-        if isinstance(prompts, str):
-            prompts = [prompts]
-        per_prompt = int(call.get("num_images_per_prompt") or 1)
-        samples = [p for p in (prompts or []) for _ in range(per_prompt)]
+        samples = self._sample_prompts(call)
         if not samples:
             run.disabled = "no prompt text: the pipeline was called with prompt_embeds; pass prompt= to the hook"
         elif len(samples) != num_samples:
@@ -252,15 +248,20 @@ class PromptLoopHook(PipelineCallback):
         if run.disabled:
             self.loop.trace.meta["disabled"] = run.disabled
 
-    def _prepare_plan(self, call: dict[str, Any]) -> None:
+    def _sample_prompts(self, call: dict[str, Any]) -> list[str]:
+        """One prompt per sample of the running call (pipelines repeat each prompt
+        ``num_images_per_prompt`` times, consecutively)."""
         prompts = self.prompt if self.prompt is not None else call.get("prompt")
         if isinstance(prompts, str):
             prompts = [prompts]
-        steps = call.get("num_inference_steps")
-        if not prompts or not isinstance(steps, int):
-            return
         per_prompt = int(call.get("num_images_per_prompt") or 1)
-        self.loop.prepare([p for p in prompts for _ in range(per_prompt)], steps)
+        return [p for p in (prompts or []) for _ in range(per_prompt)]
+
+    def _prepare_plan(self, call: dict[str, Any]) -> None:
+        samples = self._sample_prompts(call)
+        steps = call.get("num_inference_steps")
+        if samples and isinstance(steps, int):
+            self.loop.prepare(samples, steps)
 
     def _end_run(self) -> None:
         run = self._run
