@@ -250,7 +250,7 @@ def test_hps_is_the_cosine_of_the_open_clip_features(tmp_path):
         image_features, text_features = out[0], out[1]
         expected = (image_features @ text_features.T).diagonal()
     assert reward(images, PROMPTS) == pytest.approx(expected.tolist(), abs=1e-4)
-    assert len(set(round(float(e), 4) for e in expected)) == 3
+    assert len({round(float(e), 4) for e in expected}) == 3
 
 
 def test_hps_version_and_missing_checkpoint(tmp_path):

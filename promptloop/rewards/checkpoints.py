@@ -71,5 +71,5 @@ def load_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
-        raise ValueError(f"{path} does not hold a state dict (found {type(state).__name__})")
+        raise TypeError(f"{path} does not hold a state dict (found {type(state).__name__})")
     return {k.removeprefix("module."): v for k, v in state.items()}

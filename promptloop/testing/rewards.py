@@ -12,7 +12,14 @@ import re
 from pathlib import Path
 
 import torch
-from transformers import BertTokenizer, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPVisionConfig
+from transformers import (
+    BertTokenizer,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+    CLIPVisionConfig,
+)
 
 from .prompts import EXTRA_WORDS, TINY_PROMPTS
 from .tokenization import build_clip_tokenizer
@@ -21,11 +28,11 @@ from .tokenization import build_clip_tokenizer
 def build_tiny_clip(seed: int = 0, *, projection_dim: int = 16, image_size: int = 32) -> tuple[CLIPModel, CLIPProcessor]:
     """A CLIP model (2 layers, width 32, per tower) and its processor, deterministic in ``seed``."""
     tokenizer = build_clip_tokenizer()
-    text_config = dict(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=2, max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id)
+    text_config = {
+        "vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+        "num_attention_heads": 2, "max_position_embeddings": tokenizer.model_max_length,
+        "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id}
     vision_config = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                      num_attention_heads=2, image_size=image_size, patch_size=8)
     config = CLIPConfig(text_config=text_config, vision_config=vision_config.to_dict(),
