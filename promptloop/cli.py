@@ -179,7 +179,8 @@ def generate(
     import torch
 
     from promptloop import PromptLoopHook
-    from promptloop.backbones import default_device, load_pipeline
+    from promptloop.backbones import load_pipeline
+    from promptloop.devices import default_device
     from promptloop.policies import SamplingConfig, load_policy
 
     device = device or default_device()
