@@ -120,6 +120,8 @@ class PromptLoopHook(PipelineCallback):
             ``prompt_embeds`` instead of ``prompt``.
         keep_previews: keep previews in the trace (turn off for long training rollouts).
         keep_history: show the policy each sample's earlier prompts.
+        max_prompt_chars: longest refined prompt accepted (longer ones fall back as
+            ``too_long``); ``None``: the policy's own limit, else 600.
 
     After the pipeline call, :attr:`trace` holds every refinement (step, timestep, preview,
     prompt before and after, fallback reason, latency).
@@ -139,11 +141,12 @@ class PromptLoopHook(PipelineCallback):
         prompt: str | Sequence[str] | None = None,
         keep_previews: bool = True,
         keep_history: bool = True,
+        max_prompt_chars: int | None = None,
     ) -> None:
         super().__init__(cutoff_step_ratio=1.0)
         self.loop = RefineLoop(
             policy, schedule, mode=mode, timeout_s=timeout_s, async_delay=async_delay,
-            keep_previews=keep_previews, keep_history=keep_history,
+            keep_previews=keep_previews, keep_history=keep_history, max_prompt_chars=max_prompt_chars,
         )
         if isinstance(preview, str) and preview not in ("vae", "taesd", "linear"):
             raise ValueError(f"unknown preview {preview!r}; choose 'vae', 'taesd' or 'linear'")
