@@ -2,7 +2,8 @@
 
 A :class:`BatchedScorer` is a :class:`~promptloop.rewards.Reward`: called with a list of images and
 their prompts, it scores them ``batch_size`` at a time under ``torch.inference_mode`` and returns
-one float per image. Subclasses implement :meth:`BatchedScorer.score_batch`.
+one float per image. Subclasses implement :meth:`BatchedScorer.score_batch`. ``device`` defaults to
+CUDA when available; ``dtype`` to float16 on CUDA and float32 elsewhere (:mod:`promptloop.devices`).
 """
 
 from __future__ import annotations
@@ -13,32 +14,8 @@ from typing import Any
 import torch
 from PIL import Image
 
+from promptloop.devices import default_device, resolve_dtype
 from promptloop.rewards.registry import Metadata
-
-_DTYPES = {
-    "float32": torch.float32, "fp32": torch.float32,
-    "float16": torch.float16, "fp16": torch.float16, "half": torch.float16,
-    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-}
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``None`` means CUDA when available, else CPU."""
-    if device is None:
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
-    """``None`` means float32; names such as ``"bfloat16"``/``"fp16"`` are accepted."""
-    if dtype is None:
-        return torch.float32
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    try:
-        return _DTYPES[str(dtype).removeprefix("torch.")]
-    except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {sorted(_DTYPES)}") from None
 
 
 class BatchedScorer:
@@ -48,8 +25,8 @@ class BatchedScorer:
                  batch_size: int = 16):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype)
+        self.device = torch.device(device or default_device())
+        self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = int(batch_size)
 
     def score_batch(self, images: list[Image.Image], prompts: list[str]) -> torch.Tensor:
