@@ -10,9 +10,9 @@ UNET_STEPS_A=${UNET_STEPS_A:-6000}
 UNET_STEPS_B=${UNET_STEPS_B:-6000}
 BUDGET=${BUDGET_MINUTES:-}
 budget_args=(); [ -n "$BUDGET" ] && budget_args=(--time-budget-minutes "$BUDGET")
-# 1. the VAE (and backbone A's latents), on both cores
+# 1. the VAE (and backbone A's latents); one thread: two oversubscribe a busy machine
 $PY -m promptloop.training.shapes.backbone --out $ASSETS/backbone-a --work $RUNS/backbone-a --seed 0 \
-    --vae-steps 400 --vae-batch 24 --num-scenes 8000 --threads 2 --stop-after latents
+    --vae-steps 400 --vae-batch 24 --num-scenes 8000 --threads 1 --stop-after latents
 # 2. both UNets + text encoders at once, one core each
 $PY -m promptloop.training.shapes.backbone --out $ASSETS/backbone-a --work $RUNS/backbone-a --seed 0 \
     --vae-steps 400 --vae-batch 24 --num-scenes 8000 --threads 1 --unet-steps $UNET_STEPS_A "${budget_args[@]}" &
