@@ -69,3 +69,9 @@ def evaluate_backbone(pipe, n: int = 64, *, styles: Sequence[str] = USER_STYLES,
     pairs = heldout_prompts(n, styles)
     prompts = [p for _, p in pairs]
     return summarize(generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance), prompts)
+
+
+#: The small fixed set the tests re-measure shipped artefacts on (recorded in training_info.json).
+TEST_SET: dict = {"n": 16, "seed": 0, "steps": 20, "guidance": 4.0}
+#: The larger held-out set the docs report.
+REPORT_SET: dict = {"n": 128, "seed": 0, "steps": 20, "guidance": 4.0}

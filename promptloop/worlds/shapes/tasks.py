@@ -36,6 +36,8 @@ DESCRIBE_TEXT = "Describe the image as one explicit prompt."
 CORRUPTIONS: tuple[str, ...] = ("none", "color", "kind", "missing", "extra", "moved")
 #: Policy-training scenes are drawn from seeds from here on (the backbones' and held-out ranges differ).
 POLICY_SEED_BASE = 500_000_000
+#: Held-out examples per task that the tests re-measure the shipped policy on.
+POLICY_TEST_N = 12
 
 
 def preview_of(scene: Scene, rng: random.Random, size: int = PREVIEW_SIZE) -> Image.Image:
