@@ -30,6 +30,7 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from promptloop.worlds.shapes.scene import CELL_PHRASES, COLORS, KINDS, SIZES, Scene, Shape, relation
@@ -157,6 +158,13 @@ def caption(scene: Scene, style: str = "terse") -> str:
             text += f" {relation(a, b)} {_np(b, size=False, position=False)}"
         return text
     raise ValueError(f"unknown caption style {style!r}; choose from {STYLES}")
+
+
+def explicit_caption(shapes: Sequence[Shape]) -> str:
+    """The ``full`` phrasing of ``shapes`` in the order given (e.g. the order a user named them)."""
+    if not shapes:
+        raise ValueError("no shapes to describe")
+    return _join([_np(s, size=True, position=True) for s in shapes])
 
 
 def all_captions(scene: Scene) -> dict[str, str]:

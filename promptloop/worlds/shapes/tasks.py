@@ -4,8 +4,8 @@ Two supervised tasks, shown through the chat messages the loop sends
 (:func:`promptloop.policies.messages.build_messages`, same system prompt):
 
 (a) **describe**: a preview of a scene -> its ``full`` caption (grounds the vision tower);
-(b) **restate**: (user prompt, preview of an imperfect generation of it) -> the ``full`` caption
-    of the intended scene. The imperfect generation is a render of the scene with one corruption
+(b) **restate**: (user prompt, preview of an imperfect generation of it) -> a ``full``-style
+    prompt of the intended scene naming the shapes in the user's order (:func:`in_prompt_order`). The imperfect generation is a render of the scene with one corruption
     (wrong colour, wrong shape, a missing or an extra shape, a moved shape, or none), blurred like a
     preview. The target keeps what the preview shows where it already satisfies the user's prompt
     (a moved shape stays where it is when the prompt does not place it) and repairs the rest.
@@ -26,7 +26,7 @@ from PIL import Image, ImageFilter
 from promptloop.policies.messages import SYSTEM_PROMPT, Message
 from promptloop.refinement import Observation
 from promptloop.worlds.shapes.evaluation import HELDOUT_SEED_BASE, USER_STYLES
-from promptloop.worlds.shapes.grammar import ParseError, Spec, caption, parse_prompt
+from promptloop.worlds.shapes.grammar import ParseError, Spec, caption, explicit_caption, parse_prompt
 from promptloop.worlds.shapes.render import render_scene
 from promptloop.worlds.shapes.reward import ATTRIBUTES, score_image
 from promptloop.worlds.shapes.scene import CELLS, COLORS, KINDS, SIZES, Scene, Shape, sample_scene
@@ -82,13 +82,28 @@ def restate_example(seed: int, rng: random.Random | None = None) -> tuple[Observ
     user = caption(intended, rng.choice(USER_STYLES))
     shown = corrupt(intended, rng.choice(CORRUPTIONS), rng)
     target_scene = shown if satisfies(shown, user) else intended
+    target = explicit_caption(in_prompt_order(target_scene, parse_prompt(user)))
     num_steps = rng.choice((10, 20, 25))
     step = rng.randrange(num_steps // 5, (4 * num_steps) // 5)
     current, history = user, []
     if rng.random() < 0.3:  # an earlier refinement described what was then shown
         current, history = caption(shown, "full"), [user]
     obs = Observation(user, current, step, num_steps, preview=preview_of(shown, rng), history=history)
-    return obs, caption(target_scene, "full"), intended
+    return obs, target, intended
+
+
+def in_prompt_order(scene: Scene, spec: Spec) -> list[Shape]:
+    """The scene's shapes in the order the prompt names them (shapes it does not name last), so
+    that an explicit restatement follows the user's wording."""
+    rest, ordered = list(scene.shapes), []
+    for m in spec.mentions:
+        pick = next((s for s in rest if (s.color, s.kind) == (m.color, m.kind)
+                     and m.size in (None, s.size) and m.cell in (None, s.cell)), None)
+        pick = pick or next((s for s in rest if (s.color, s.kind) == (m.color, m.kind)), None)
+        if pick is not None:
+            rest.remove(pick)
+            ordered.append(pick)
+    return ordered + rest
 
 
 def describe_example(seed: int, rng: random.Random | None = None) -> tuple[Image.Image, str, Scene]:
