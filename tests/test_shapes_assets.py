@@ -12,8 +12,8 @@ from promptloop.worlds.shapes.backbone import ASSETS, BACKBONES, backbone_path
 from promptloop.worlds.shapes.evaluation import TEST_SET, evaluate_backbone
 
 #: Tolerance on re-measured figures: the samplers and the policy are deterministic on CPU, so the
-#: figures should repeat exactly; this allows for another BLAS's rounding flipping a pixel or two.
-BACKBONE_TOLERANCE = 0.03
+#: figures repeat exactly on one machine; another BLAS's rounding may flip one image of the 16.
+BACKBONE_TOLERANCE = 1 / 16 + 0.01
 POLICY_TOLERANCE = 1 / 12 + 1e-9  # one example of the 12
 
 

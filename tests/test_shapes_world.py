@@ -196,3 +196,17 @@ def test_registered_rewards():
     combined = load_reward("shapes:1.0,shapes_fidelity:0.5")
     terms = combined.terms([image], [text])
     assert terms["shapes"] == [1.0] and terms["shapes_fidelity"][0] > 0.85
+
+
+def test_restatement_targets_are_explicit_faithful_and_in_the_users_order():
+    from promptloop.worlds.shapes.tasks import POLICY_SEED_BASE, restate_example, satisfies, scene_of
+
+    corrupted = 0
+    for i in range(30):
+        obs, target, intended = restate_example(POLICY_SEED_BASE + i)
+        user, spec = parse_prompt(obs.original_prompt), parse_prompt(target)
+        scene = scene_of(spec)
+        assert scene is not None and satisfies(scene, user), (obs.original_prompt, target)
+        assert [(m.color, m.kind) for m in spec.mentions] == [(m.color, m.kind) for m in user.mentions]
+        corrupted += score_image(obs.preview, obs.original_prompt)["mean"] < 1
+    assert corrupted >= 10  # most previews show an imperfect generation

@@ -7,7 +7,8 @@ Stages, each checkpointed under ``--work`` and resumed by re-running the same co
 
 1. ``vae``: an ``AutoencoderKL`` (64×64 ↔ 8×8×4) on renders drawn on the fly (L1 + MSE + 1e-6·KL,
    AdamW, cosine decay); skipped with ``--vae-from DIR`` (a trained VAE folder, e.g. another
-   backbone's ``vae/``); its ``scaling_factor`` is set to 1 / std of the latents.
+   backbone's ``vae/``); its ``scaling_factor`` is set to 1 / std of the latents. With
+   ``--decoder-steps`` the decoder is then trained alone (encoder frozen: the latents do not change).
 2. ``latents``: the latents of ``--num-scenes`` training scenes, encoded once.
 3. ``unet``: the ``UNet2DConditionModel`` and the ``CLIPTextModel`` jointly (DDPM ε-prediction,
    min-SNR γ=5, 10% caption dropout, EMA), on captions drawn afresh each step in the grammar's mixed
@@ -90,6 +91,48 @@ def train_vae(args, vae, work: Path) -> None:
             _save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, ckpt)
             last = time.time()
     bar.close()
+
+
+def finetune_decoder(args, vae, work: Path) -> None:
+    """Train the decoder alone (encoder frozen, so latents and UNets trained on them stay valid)."""
+    ckpt = work / "decoder.pt"
+    decoder_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(decoder_params, lr=args.decoder_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, args.decoder_steps) / args.decoder_steps)))
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(state["vae"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
+        step = state["step"]
+    rng = random.Random(args.seed * 15485863 + step)
+    gen = torch.Generator().manual_seed(args.seed * 37 + step)
+    vae.requires_grad_(False)
+    for q in decoder_params:
+        q.requires_grad_(True)
+    vae.eval()
+    vae.decoder.train()
+    last = time.time()
+    bar = tqdm(total=args.decoder_steps, initial=step, desc="decoder", dynamic_ncols=True)
+    while step < args.decoder_steps:
+        x = _to_tensor([render_scene(sample_scene(_scene_seed(args, rng.randrange(args.num_scenes * 4))))
+                        for _ in range(args.vae_batch)])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=gen)
+        recon = vae.decode(z).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if time.time() - last > args.ckpt_minutes * 60 or step == args.decoder_steps:
+            _save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, ckpt)
+            last = time.time()
+    bar.close()
+    vae.requires_grad_(False)
 
 
 @torch.no_grad()
@@ -200,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-steps", type=int, default=600)
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--decoder-steps", type=int, default=0,
+                   help="then fine-tune the decoder alone (encoder frozen) this many steps")
+    p.add_argument("--decoder-lr", type=float, default=1e-3)
     p.add_argument("--num-scenes", type=int, default=20_000)
     p.add_argument("--unet-steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=32)
@@ -240,6 +286,14 @@ def main(argv: list[str] | None = None) -> None:
             (args.work / "vae_info.json").write_text(json.dumps(
                 {"steps": args.vae_steps, "seconds_this_run": round(time.time() - t0, 1),
                  "scaling_factor": 1.0 / std}) + "\n")
+    if args.decoder_steps and not args.vae_from:
+        done = args.work / "vae-decoder"
+        if not (done / "config.json").exists():
+            finetune_decoder(args, components["vae"], args.work)
+            components["vae"].save_pretrained(done)
+        from diffusers import AutoencoderKL
+
+        components["vae"] = AutoencoderKL.from_pretrained(done)
     if args.stop_after == "vae":
         return
     components["vae"].requires_grad_(False).eval()
