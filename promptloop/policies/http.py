@@ -68,7 +68,8 @@ class HTTPPolicy:
         self.url = base
         self.api_key = api_key
         self.timeout_s = float(timeout_s)
-        self.retry = Retry(retries=max(0, int(retries)), backoff_s=float(backoff_s), deadline_s=self.timeout_s)
+        self.retry = Retry(retries=max(0, int(retries)), backoff_s=float(backoff_s),
+                           deadline_s=self.timeout_s)
         self.backbone = backbone
         self.return_embeddings = return_embeddings
         self.sampling = sampling
@@ -109,7 +110,8 @@ class HTTPPolicy:
             except httpx.TimeoutException as exc:
                 raise Retryable(TimeoutError(f"timed out ({type(exc).__name__})")) from None
             except httpx.HTTPError as exc:
-                raise Retryable(RemoteError(f"cannot reach {self.url}: {type(exc).__name__}: {exc}")) from None
+                message = f"cannot reach {self.url}: {type(exc).__name__}: {exc}"
+                raise Retryable(RemoteError(message)) from None
             if response.status_code == 200:
                 try:
                     return response.json()
@@ -138,15 +140,9 @@ class HTTPPolicy:
             body["return_embeddings"] = True
         return body
 
-    def refine_request(
-        self,
-        observations: Sequence[Observation],
-        *,
-        latents: Any = None,
-        latent_format: str | None = None,
-        height: int | None = None,
-        width: int | None = None,
-    ) -> dict[str, Any]:
+    def refine_request(self, observations: Sequence[Observation], *, latents: Any = None,
+                       latent_format: str | None = None, height: int | None = None,
+                       width: int | None = None) -> dict[str, Any]:
         """The ``/refine`` JSON body for these observations."""
         from promptloop.server.codec import encode_image, encode_latents
 
@@ -174,15 +170,9 @@ class HTTPPolicy:
                 body["height"], body["width"] = int(height), int(width)
         return body
 
-    def refine(
-        self,
-        observations: Sequence[Observation],
-        *,
-        latents: Any = None,
-        latent_format: str | None = None,
-        height: int | None = None,
-        width: int | None = None,
-    ) -> list[Refinement]:
+    def refine(self, observations: Sequence[Observation], *, latents: Any = None,
+               latent_format: str | None = None, height: int | None = None,
+               width: int | None = None) -> list[Refinement]:
         """One refinement per observation; fallbacks (never an exception) when the sidecar fails.
 
         With ``latents`` (model-space, rows in observation order) the sidecar decodes the
@@ -242,12 +232,10 @@ class HTTPPolicy:
     @staticmethod
     def _fallbacks(observations, reason: Fallback, error: str, start: float) -> list[Refinement]:
         latency = time.perf_counter() - start
-        out = []
-        for obs in observations:
-            ref = Refinement.fallback_to(obs.current_prompt, reason, error=error)
+        refinements = [Refinement.fallback_to(obs.current_prompt, reason, error=error) for obs in observations]
+        for ref in refinements:
             ref.latency_s = latency
-            out.append(ref)
-        return out
+        return refinements
 
     def plan(self, prompts: Sequence[str], steps: Sequence[int], num_steps: int) -> list[list[Refinement]]:
         """``ahead`` mode through ``POST /plan``; on failure every planned prompt keeps the original."""

@@ -223,13 +223,8 @@ class OpenAIChatPolicy(GenerativePolicy):
 
         return self.retry.call(attempt, what=self.base_url)
 
-    def generate(
-        self,
-        conversations: Sequence[list[Message]],
-        *,
-        sampling: SamplingConfig | None = None,
-        model: str | None = None,
-    ) -> list[Generation]:
+    def generate(self, conversations: Sequence[list[Message]], *, sampling: SamplingConfig | None = None,
+                 model: str | None = None) -> list[Generation]:
         if not conversations:
             return []
         if model is None and self.model is None:
@@ -272,13 +267,8 @@ class OpenAIChatPolicy(GenerativePolicy):
         async with semaphore:
             return await self.retry.acall(attempt, what=self.base_url)
 
-    async def agenerate(
-        self,
-        conversations: Sequence[list[Message]],
-        *,
-        sampling: SamplingConfig | None = None,
-        model: str | None = None,
-    ) -> list[Generation]:
+    async def agenerate(self, conversations: Sequence[list[Message]], *,
+                        sampling: SamplingConfig | None = None, model: str | None = None) -> list[Generation]:
         """Concurrent requests on an ``httpx.AsyncClient`` (for use inside a server's loop)."""
         if not conversations:
             return []

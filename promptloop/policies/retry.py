@@ -98,7 +98,7 @@ class Retry:
         stop = stop | (stop_before_delay(self.deadline_s) if self.deadline_s is not None else stop_never)
         return cls(
             stop=stop,
-            wait=wait_exponential_jitter(initial=self.backoff_s, max=self.max_backoff_s, jitter=self.backoff_s),
+            wait=wait_exponential_jitter(self.backoff_s, self.max_backoff_s, jitter=self.backoff_s),
             retry=retry_if_exception_type(Retryable),
             reraise=True,
         )
@@ -124,8 +124,9 @@ class _Run:
     def final(self, last: Retryable) -> BaseException:
         stopped_early = self.attempts <= self.retry.retries  # attempts left, but not the time
         if self.retry.deadline_s is not None and (stopped_early or isinstance(last.error, TimeoutError)):
+            attempts = f"{self.attempts} attempt{'s' if self.attempts != 1 else ''}"
             return TimeoutError(f"{self.what} gave no answer within {self.retry.deadline_s:g} s "
-                                f"({self.attempts} attempt{'s' if self.attempts != 1 else ''}; last: {last.error})")
+                                f"({attempts}; last: {last.error})")
         return last.error
 
 
