@@ -91,31 +91,28 @@ class Recording:
         return [Refinement(text=f"{o.current_prompt} +{n}") for o in observations]
 
 
-def _run_async(policy, schedule, delay, num_steps):
+@pytest.mark.parametrize(
+    "schedule, delay, seen, changes, rows",
+    [
+        # Answer 1 lands after step 3, before step 3's own request is taken: that request sees it.
+        ([1, 3], 2, ["p", "p +1"], {3: {0: "p +1"}, 5: {0: "p +1 +2"}},
+         [(1, "p", "p +1", 3), (3, "p +1", "p +1 +2", 5)]),
+        # Request 2 is taken while answer 1 is still in flight: it is based on the prompt without
+        # it, and the trace records that prompt as the one it saw.
+        ([1, 2], 3, ["p", "p"], {4: {0: "p +1"}, 5: {0: "p +2"}},
+         [(1, "p", "p +1", 4), (2, "p", "p +2", 5)]),
+    ],
+    ids=["arrival-at-the-request-step", "request-while-another-is-pending"],
+)
+def test_async_requests_see_the_newest_prompt_and_are_recorded_as_seen(schedule, delay, seen, changes, rows):
+    policy = Recording()
     loop = RefineLoop(policy, schedule, mode="async", async_delay=delay)
-    loop.start(["p"], num_steps)
-    changes = {step: c for step in range(num_steps) if (c := loop.at_step(step))}
-    return changes, loop.finish()
-
-
-def test_async_request_at_an_arrival_step_sees_the_arrived_prompt():
-    policy = Recording()
-    changes, trace = _run_async(policy, [1, 3], 2, 8)
-    # Answer 1 lands after step 3, before step 3's own request is taken.
-    assert policy.seen == ["p", "p +1"]
-    assert changes == {3: {0: "p +1"}, 5: {0: "p +1 +2"}}
-    rows = [(e.step, e.prompt_before, e.prompt_after, e.applied_step) for e in trace.entries]
-    assert rows == [(1, "p", "p +1", 3), (3, "p +1", "p +1 +2", 5)]
-
-
-def test_async_request_while_another_is_pending_is_recorded_as_seen():
-    policy = Recording()
-    changes, trace = _run_async(policy, [1, 2], 3, 10)
-    # Request 2 is taken while answer 1 is still in flight: it is based on the prompt without it.
-    assert policy.seen == ["p", "p"]
-    assert changes == {4: {0: "p +1"}, 5: {0: "p +2"}}
-    rows = [(e.step, e.prompt_before, e.prompt_after, e.applied_step) for e in trace.entries]
-    assert rows == [(1, "p", "p +1", 4), (2, "p", "p +2", 5)]
+    loop.start(["p"], 10)
+    got = {step: c for step in range(10) if (c := loop.at_step(step))}
+    trace = loop.finish()
+    assert policy.seen == seen
+    assert got == changes
+    assert [(e.step, e.prompt_before, e.prompt_after, e.applied_step) for e in trace.entries] == rows
 
 
 def test_async_delay_through_the_hook_equals_sync_at_the_arrival_steps(tiny_pipes):
