@@ -11,7 +11,8 @@ Endpoints
     ``GET  /docs``            OpenAPI docs (``/openapi.json``)
 
 Bad input always gets a 4xx with ``{"error": code, "detail": message, "status": n}``; the
-policy's own failures (a timeout, a dead engine) get 503/504, never a hang.
+policy's own failures (a timeout, a dead engine) get 503/504, never a hang. Refinements and plans
+go through the library's refine path (``GenerativePolicy.arefine`` / ``aplan``, via the engine).
 """
 
 from __future__ import annotations
@@ -30,14 +31,12 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import promptloop
-from promptloop.policies.base import Generation, SamplingConfig
-from promptloop.policies.messages import build_plan_messages
-from promptloop.policies.parsing import parse_plan, parse_refinement
+from promptloop.policies.base import InputTooLongError, SamplingConfig
 from promptloop.preview import LATENT_FORMATS
 from promptloop.refinement import Observation, Refinement
+from promptloop.wire import PayloadError, decode_image, decode_latents, encode_tensors
 
 from .backbones import BackboneStore
-from .codec import PayloadError, decode_image, decode_latents, encode_tensors
 from .engine import DEFAULT, AdapterError, Engine, build_engine
 from .metrics import Metrics
 from .schemas import (
@@ -352,6 +351,10 @@ def create_app(
             raise APIError(exc.status, "unknown_adapter", str(exc)) from None
         return name
 
+    def check_batch(size: int, what: str) -> None:
+        if size > settings.max_batch:
+            raise APIError(413, "batch_too_large", f"{size} {what}, more than the limit {settings.max_batch}")
+
     def check_text(value: str, where: str, *, allow_empty: bool = False) -> None:
         if not allow_empty and not value.strip():
             raise APIError(422, "invalid_request", f"{where}: must not be empty")
@@ -360,12 +363,21 @@ def create_app(
                            f"{where}: {len(value)} characters, more than the limit {settings.max_prompt_chars}")
         if "\x00" in value:
             raise APIError(422, "invalid_request", f"{where}: contains a NUL character")
+        surrogate = next((i for i, ch in enumerate(value) if "\ud800" <= ch <= "\udfff"), None)
+        if surrogate is not None:
+            raise APIError(422, "invalid_request",
+                           f"{where}: lone surrogate U+{ord(value[surrogate]):04X} at character {surrogate} "
+                           "(not valid Unicode text)")
 
-    async def run_policy(engine: Engine, conversations, sampling, adapter) -> list[Generation]:
+    async def call_policy(call):
+        """Await the engine's refine/plan, turning the policy's failures into answers."""
         try:
-            generations = await engine.generate(conversations, sampling, adapter)
+            return await call
         except AdapterError as exc:
             raise APIError(exc.status, "unknown_adapter", str(exc)) from None
+        except InputTooLongError as exc:
+            metrics.rejected.labels("input_too_long").inc()
+            raise APIError(413, "input_too_long", str(exc)) from None
         except (TimeoutError, asyncio.TimeoutError):
             raise APIError(504, "policy_timeout", "the policy did not answer in time") from None
         except asyncio.CancelledError:
@@ -373,9 +385,6 @@ def create_app(
         except Exception as exc:
             logger.exception("policy generation failed")
             raise APIError(503, "policy_error", f"the policy failed: {type(exc).__name__}: {exc}") from None
-        if len(generations) != len(conversations):
-            raise APIError(503, "policy_error", "the policy returned a wrong number of generations")
-        return generations
 
     async def with_timeout(coro):
         try:
@@ -384,10 +393,12 @@ def create_app(
             metrics.rejected.labels("timeout").inc()
             raise APIError(504, "timeout", f"request not answered within {settings.request_timeout_s:g} s") from None
 
-    def out(ref: Refinement) -> RefinementOut:
+    def out(ref: Refinement, sampling: SamplingConfig) -> RefinementOut:
+        logprobs = sampling.return_logprobs  # token ids and log-probs only when asked for
         return RefinementOut(
             text=ref.text, applied=ref.applied, fallback=ref.fallback.value if ref.fallback else None,
-            raw_text=ref.raw_text, error=ref.error, token_ids=ref.token_ids, logprobs=ref.logprobs,
+            raw_text=ref.raw_text, error=ref.error, token_ids=ref.token_ids if logprobs else None,
+            logprobs=ref.logprobs if logprobs else None,
         )
 
     # -- routes ----------------------------------------------------------------------------------
@@ -432,6 +443,7 @@ def create_app(
                 "max_body_bytes": settings.max_body_bytes, "max_image_pixels": settings.max_image_pixels,
                 "max_latent_elements": settings.max_latent_elements, "max_batch": settings.max_batch,
                 "max_prompt_chars": settings.max_prompt_chars, "max_new_tokens": settings.max_new_tokens_limit,
+                "max_input_tokens": engine.input_token_limit() if engine is not None else settings.max_input_tokens,
                 "request_timeout_s": settings.request_timeout_s,
             },
             sampling=vars(sampling) if sampling is not None else {},
@@ -440,14 +452,12 @@ def create_app(
     @app.post("/refine", tags=["policy"], response_model=RefineResponse, dependencies=[Depends(require_api_key)],
               summary="Refine one prompt or a batch, from preview images or a latent")
     async def refine(body: RefineRequest) -> RefineResponse:
-        engine = ready_engine()
-        return await with_timeout(_refine(engine, body))
+        return await with_timeout(_refine(ready_engine(), body))
 
     async def _refine(engine: Engine, body: RefineRequest) -> RefineResponse:
         start = time.perf_counter()
         items = body.normalized_items()
-        if len(items) > settings.max_batch:
-            raise APIError(413, "batch_too_large", f"{len(items)} items, more than the limit {settings.max_batch}")
+        check_batch(len(items), "items")
         for i, item in enumerate(items):
             at = "" if body.items is None else f"items[{i}]."
             check_text(item.prompt, f"{at}prompt")
@@ -469,6 +479,8 @@ def create_app(
         adapter = adapter_for(engine, body.adapter, body.use_base_model)
         loop = asyncio.get_running_loop()
         store: BackboneStore = state["backbones"] or BackboneStore()
+        if body.backbone is not None:
+            store.get(body.backbone)  # a name the server does not hold is an error, needed or not
 
         # previews
         previews: list[Any] = [None] * len(items)
@@ -480,7 +492,8 @@ def create_app(
                     f"latent has {latents.numel()} elements, more than the limit {settings.max_latent_elements}",
                     status=413, field="latent",
                 )
-            latents = backbone.check_latents(latents, len(items), height=body.height, width=body.width)
+            latents = backbone.check_latents(latents, len(items), height=body.height, width=body.width,
+                                             max_pixels=settings.max_image_pixels)
             previews = await loop.run_in_executor(None, backbone.decode, latents)
         else:
             def decode_all():
@@ -504,21 +517,11 @@ def create_app(
             )
             for item, preview in zip(items, previews)
         ]
-        policy = engine.policy
-        conversations = [policy.messages_for(obs) for obs in observations]
         t0 = time.perf_counter()
-        generations = await run_policy(engine, conversations, sampling, adapter)
-        policy_latency = time.perf_counter() - t0
-        metrics.generation_latency.observe(policy_latency)
+        refinements = await call_policy(engine.refine(observations, sampling, adapter))
+        metrics.generation_latency.observe(time.perf_counter() - t0)
         metrics.batch_size.observe(len(items))
-        refinements = []
-        for obs, gen in zip(observations, generations):
-            ref = parse_refinement(gen.text, obs.current_prompt, finished=gen.finished,
-                                   max_chars=getattr(policy, "max_prompt_chars", 600))
-            ref.token_ids, ref.logprobs = gen.token_ids, gen.logprobs
-            if not sampling.return_logprobs:
-                ref.token_ids = ref.logprobs = None
-            refinements.append(ref)
+        for ref in refinements:
             metrics.refinements.labels(ref.fallback.value if ref.fallback else "applied").inc()
         embeddings = None
         if embed_backbone is not None:
@@ -526,7 +529,7 @@ def create_app(
             embeddings = encode_tensors(tensors)
         return RefineResponse(
             prompt=refinements[0].text,
-            refinements=[out(r) for r in refinements],
+            refinements=[out(r, sampling) for r in refinements],
             embeddings=embeddings,
             backbone=embed_backbone.name if embed_backbone is not None else None,
             model=engine.model,
@@ -537,27 +540,19 @@ def create_app(
     @app.post("/plan", tags=["policy"], response_model=PlanResponse, dependencies=[Depends(require_api_key)],
               summary="Ahead mode: write the prompts for all refinement steps at once")
     async def plan(body: PlanRequest) -> PlanResponse:
-        engine = ready_engine()
-        return await with_timeout(_plan(engine, body))
+        return await with_timeout(_plan(ready_engine(), body))
 
     async def _plan(engine: Engine, body: PlanRequest) -> PlanResponse:
         start = time.perf_counter()
-        if len(body.prompts) > settings.max_batch:
-            raise APIError(413, "batch_too_large", f"{len(body.prompts)} prompts, more than {settings.max_batch}")
+        check_batch(len(body.prompts), "prompts")
         for i, p in enumerate(body.prompts):
             check_text(p, f"prompts[{i}]")
         if any(s < 0 or s >= body.num_steps for s in body.steps):
             raise APIError(422, "invalid_request", f"steps must lie in [0, {body.num_steps})")
         sampling = sampling_for(engine, body.sampling)
         adapter = adapter_for(engine, body.adapter, body.use_base_model)
-        conversations = [build_plan_messages(p, list(body.steps), body.num_steps) for p in body.prompts]
-        generations = await run_policy(engine, conversations, sampling, adapter)
-        max_chars = getattr(engine.policy, "max_prompt_chars", 600)
-        plans = []
-        for prompt, gen in zip(body.prompts, generations):
-            refs = parse_plan(gen.text, prompt, len(body.steps), max_chars=max_chars)
-            plans.append([out(r) for r in refs])
-        return PlanResponse(plans=plans, model=engine.model,
+        plans = await call_policy(engine.plan(body.prompts, body.steps, body.num_steps, sampling, adapter))
+        return PlanResponse(plans=[[out(r, sampling) for r in plan] for plan in plans], model=engine.model,
                             adapter=engine.adapter if adapter is DEFAULT else adapter,
                             latency_s=time.perf_counter() - start)
 
@@ -589,7 +584,7 @@ async def _warmup(engine: Engine) -> None:
     obs = Observation(_WARMUP_PROMPT, _WARMUP_PROMPT, 0, 2, preview=Image.new("RGB", (64, 64), (128, 128, 128)))
     sampling = replace(engine.default_sampling, max_new_tokens=2)
     try:
-        await engine.generate([engine.policy.messages_for(obs)], sampling, DEFAULT)
+        await engine.refine([obs], sampling)
     except Exception:
         logger.warning("warm-up generation failed", exc_info=True)
 

@@ -14,8 +14,7 @@ import torch
 from PIL import Image
 
 from promptloop.preview import LATENT_FORMATS, LatentFormat
-
-from .codec import PayloadError
+from promptloop.wire import PayloadError
 
 logger = logging.getLogger("promptloop.server")
 
@@ -50,8 +49,15 @@ class HeldBackbone:
             )
         return self._decoder
 
-    def check_latents(self, latents: torch.Tensor, batch: int, *, height: int | None, width: int | None) -> torch.Tensor:
-        """Validate a client latent and return it as (B, C, h, w) model-space latents."""
+    def check_latents(
+        self, latents: torch.Tensor, batch: int, *, height: int | None, width: int | None,
+        max_pixels: int | None = None,
+    ) -> torch.Tensor:
+        """Validate a client latent and return it as (B, C, h, w) model-space latents.
+
+        With ``max_pixels``, a latent whose decoded image (``h x w`` times the VAE's scale factor
+        squared) would exceed it is refused (413) before anything is decoded.
+        """
         fmt = self.latent_format
         if not torch.is_floating_point(latents):
             raise PayloadError(f"latent dtype {latents.dtype} is not floating point", status=422, field="latent")
@@ -90,6 +96,14 @@ class HeldBackbone:
             )
         if min(latents.shape[-2:]) < 1:
             raise PayloadError(f"empty latent of shape {tuple(latents.shape)}", status=422, field="latent")
+        scale = getattr(self.pipe, "vae_scale_factor", 8)
+        decoded_height, decoded_width = latents.shape[-2] * scale, latents.shape[-1] * scale
+        if max_pixels is not None and decoded_height * decoded_width > max_pixels:
+            raise PayloadError(
+                f"latent of shape {tuple(latents.shape)} decodes to a {decoded_width}x{decoded_height} image, "
+                f"{decoded_width * decoded_height} pixels, more than the limit {max_pixels} (max_image_pixels)",
+                status=413, field="latent",
+            )
         if not torch.isfinite(latents).all():
             raise PayloadError("latent contains NaN or infinite values", status=422, field="latent")
         return latents

@@ -76,6 +76,9 @@ def serve(
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB (413 beyond).")] = 32.0,
     max_image_pixels: Annotated[int, typer.Option(help="Largest preview image, pixels (413 beyond).")] = 2048 * 2048,
     max_batch: Annotated[int, typer.Option(help="Most items in one /refine request.")] = 64,
+    max_input_tokens: Annotated[int | None, typer.Option(
+        help="Longest policy input in tokens, images included (413 beyond; default: the model's context "
+        "length less the request's max_new_tokens). vllm and transformers backends.")] = None,
     request_timeout: Annotated[float, typer.Option(help="Seconds to answer one request (504 beyond).")] = 120.0,
     max_concurrency: Annotated[int, typer.Option(help="Most open requests (503 beyond).")] = 512,
     max_new_tokens: Annotated[int, typer.Option(help="Default token budget of a refinement.")] = 96,
@@ -125,7 +128,8 @@ def serve(
             openai_api_key=openai_api_key, backbones=_named(backbone, "backbone"), backbone_device=backbone_device,
             backbone_dtype=backbone_dtype, preview=preview, preview_size=preview_size, host=host, port=port,
             api_key=api_key, admin_key=admin_key, max_body_bytes=int(max_body_mb * 2**20),
-            max_image_pixels=max_image_pixels, max_batch=max_batch, request_timeout_s=request_timeout,
+            max_image_pixels=max_image_pixels, max_batch=max_batch, max_input_tokens=max_input_tokens,
+            request_timeout_s=request_timeout,
             max_concurrency=max_concurrency, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
             seed=seed, dtype=dtype, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
             kv_cache_memory_bytes=kv_cache_mb * 2**20 if kv_cache_mb else None, enforce_eager=enforce_eager,

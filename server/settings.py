@@ -23,8 +23,11 @@ class Settings:
         loads (without the denoiser) to decode latents and to return prompt embeddings.
     Limits
         Bodies over ``max_body_bytes`` get 413 before they are read; images over
-        ``max_image_pixels`` and latents over ``max_latent_elements`` get 413; one request is
-        answered within ``request_timeout_s`` (504 otherwise); a client that sends nothing for
+        ``max_image_pixels``, latents that would decode to more than ``max_image_pixels`` and
+        latents over ``max_latent_elements`` get 413; so does a policy input (chat text plus
+        image tokens) over ``max_input_tokens`` (default: the model's context length less the
+        request's ``max_new_tokens``; vllm and transformers backends); one request is answered
+        within ``request_timeout_s`` (504 otherwise); a client that sends nothing for
         ``receive_timeout_s`` gets 408.
     """
 
@@ -53,6 +56,7 @@ class Settings:
     max_prompt_chars: int = 4000
     max_history: int = 32
     max_new_tokens_limit: int = 1024
+    max_input_tokens: int | None = None
     request_timeout_s: float = 120.0
     receive_timeout_s: float = 30.0
     max_concurrency: int | None = 512  # uvicorn's limit: more open requests get 503

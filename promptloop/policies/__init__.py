@@ -13,7 +13,15 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from promptloop.policies.base import Generation, GenerativePolicy, PlanningPolicy, Policy, SamplingConfig, StaticPolicy
+from promptloop.policies.base import (
+    Generation,
+    GenerativePolicy,
+    InputTooLongError,
+    PlanningPolicy,
+    Policy,
+    SamplingConfig,
+    StaticPolicy,
+)
 
 BACKENDS = ("transformers", "vllm", "http", "openai")
 
@@ -85,6 +93,7 @@ __all__ = [
     "BACKENDS",
     "Generation",
     "GenerativePolicy",
+    "InputTooLongError",
     "PlanningPolicy",
     "Policy",
     "SamplingConfig",

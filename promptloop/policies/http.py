@@ -144,7 +144,7 @@ class HTTPPolicy:
                        latent_format: str | None = None, height: int | None = None,
                        width: int | None = None) -> dict[str, Any]:
         """The ``/refine`` JSON body for these observations."""
-        from promptloop.server.codec import encode_image, encode_latents
+        from promptloop.wire import encode_image, encode_latents
 
         items = []
         for obs in observations:
@@ -203,7 +203,7 @@ class HTTPPolicy:
                               f"for {len(observations)} observations")
         embeds = None
         if data.get("embeddings"):
-            from promptloop.server.codec import decode_tensors
+            from promptloop.wire import decode_tensors
 
             embeds = decode_tensors(data["embeddings"], field="embeddings")
         out = []

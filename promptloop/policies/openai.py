@@ -22,7 +22,7 @@ from typing import Any
 from promptloop.policies.base import Generation, GenerativePolicy, SamplingConfig
 from promptloop.policies.messages import Message
 from promptloop.policies.retry import Retry, Retryable
-from promptloop.policies.vllm import DEFAULT_MAX_PIXELS, prepare_conversation
+from promptloop.wire import image_data_url
 
 _TOKEN_ID = re.compile(r"^token_id:(\d+)$")
 _RETRY_STATUS = {429, 502, 503, 504}
@@ -52,7 +52,9 @@ class OpenAIChatPolicy(GenerativePolicy):
         vllm_extensions: when log-probs are asked for, also ask vLLM for the generated token ids
             (``return_token_ids``); turn off for endpoints that reject unknown fields.
         extra_body: more fields merged into every request body.
-        min_pixels, max_pixels: preview resizing, as in the in-process backends.
+        **kwargs: ``GenerativePolicy`` options (``min_pixels``, ``max_pixels``: preview
+            preparation, as in the in-process backends; ``max_input_tokens`` is not enforced here,
+            the endpoint holds the tokenizer).
     """
 
     def __init__(
@@ -69,8 +71,6 @@ class OpenAIChatPolicy(GenerativePolicy):
         vllm_extensions: bool = True,
         extra_body: Mapping[str, Any] | None = None,
         headers: Mapping[str, str] | None = None,
-        min_pixels: int | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         **kwargs: Any,
     ) -> None:
         super().__init__(sampling, **kwargs)
@@ -85,8 +85,6 @@ class OpenAIChatPolicy(GenerativePolicy):
         self.max_concurrency = max(1, int(max_concurrency))
         self.vllm_extensions = vllm_extensions
         self.extra_body = dict(extra_body or {})
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         if api_key:
             self.headers["Authorization"] = f"Bearer {api_key}"
@@ -100,10 +98,9 @@ class OpenAIChatPolicy(GenerativePolicy):
 
     # -- request bodies -------------------------------------------------------------------------
     def openai_messages(self, conversation: list[Message]) -> list[dict[str, Any]]:
-        """Our messages in OpenAI form: images become base64 PNG ``image_url`` parts."""
-        from promptloop.server.codec import image_data_url
-
-        conversation, _ = prepare_conversation(conversation, min_pixels=self.min_pixels, max_pixels=self.max_pixels)
+        """Our messages in OpenAI form: images, prepared as the in-process backends prepare them,
+        become base64 PNG ``image_url`` parts."""
+        conversation, _ = self.prepare(conversation)
         out = []
         for message in conversation:
             content = message["content"]

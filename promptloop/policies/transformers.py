@@ -7,11 +7,14 @@ and it returns the generated token ids and their log-probs when asked.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 
+from promptloop.policies.adapters import check_adapter_dir
 from promptloop.policies.base import GenerativePolicy, Generation, SamplingConfig
 from promptloop.policies.messages import Message
 
@@ -25,6 +28,12 @@ class TransformersPolicy(GenerativePolicy):
         processor: its processor (chat template + image processor + tokenizer).
         sampling: decoding settings; greedy by default.
         batch_size: most conversations per ``generate`` call (``None``: all at once).
+        **kwargs: ``GenerativePolicy`` options (``max_prompt_chars``, ``system_prompt``,
+            ``min_pixels``, ``max_pixels``, ``max_input_tokens``).
+
+    Named LoRA adapters (:meth:`add_adapter`) are chosen per call: ``generate(...,
+    adapter="name")``, ``adapter=None`` for the base model; by default the model runs as it is.
+    Calls are serialised (one ``model.generate`` at a time), so one policy may serve several threads.
     """
 
     def __init__(
@@ -34,19 +43,17 @@ class TransformersPolicy(GenerativePolicy):
         sampling: SamplingConfig | None = None,
         *,
         batch_size: int | None = None,
-        min_pixels: int | None = None,
-        max_pixels: int | None = 256 * 28 * 28,
         **kwargs: Any,
     ) -> None:
         super().__init__(sampling, **kwargs)
         self.model = model
         self.processor = processor
         self.batch_size = batch_size
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
         tokenizer = getattr(processor, "tokenizer", processor)
         tokenizer.padding_side = "left"
         self.tokenizer = tokenizer
+        self._adapter_paths: dict[str, str] = {}
+        self._lock = threading.RLock()
 
     @classmethod
     def from_pretrained(
@@ -76,49 +83,75 @@ class TransformersPolicy(GenerativePolicy):
         policy = cls(model, processor, sampling, **kwargs)
         policy.name_or_path = str(path_or_id)
         policy.adapter = str(adapter) if adapter else None
+        if adapter is not None:
+            policy._adapter_paths["default"] = str(adapter)
         return policy
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def generate(self, conversations: Sequence[list[Message]]) -> list[Generation]:
+    @property
+    def context_length(self) -> int | None:
+        config = getattr(self.model, "config", None)
+        config = getattr(config, "text_config", None) or config
+        return getattr(config, "max_position_embeddings", None)
+
+    # -- adapters ---------------------------------------------------------------------------------
+    @property
+    def adapters(self) -> dict[str, str]:
+        """LoRA adapters loaded by name, ``{name: path}``."""
+        return dict(self._adapter_paths)
+
+    def add_adapter(self, name: str, path: str | os.PathLike) -> None:
+        """Load (or reload) a peft LoRA adapter under ``name``."""
+        from peft import PeftModel
+
+        checked = check_adapter_dir(path)
+        with self._lock:
+            if isinstance(self.model, PeftModel):
+                if name in self.model.peft_config:
+                    self.model.delete_adapter(name)
+                self.model.load_adapter(str(checked), adapter_name=name)
+            else:
+                self.model = PeftModel.from_pretrained(self.model, str(checked), adapter_name=name)
+            self.model.eval()
+            self._adapter_paths[name] = str(checked)
+
+    def _adapter_context(self, adapter: str | None):
+        """Run under ``adapter`` (None: the base model; ``...``: the model as it is)."""
+        if adapter is ...:
+            return nullcontext()
+        peft_config = getattr(self.model, "peft_config", None)
+        if adapter is None:
+            return self.model.disable_adapter() if peft_config else nullcontext()
+        if not peft_config or adapter not in peft_config:
+            raise KeyError(f"unknown adapter {adapter!r}; loaded: {', '.join(self._adapter_paths) or 'none'}")
+        self.model.set_adapter(adapter)
+        return nullcontext()
+
+    # -- generation -------------------------------------------------------------------------------
+    def generate(
+        self, conversations: Sequence[list[Message]], *, sampling: SamplingConfig | None = None, adapter: Any = ...
+    ) -> list[Generation]:
+        """One generation per conversation, decoded with ``sampling`` (default :attr:`sampling`)
+        under ``adapter`` (a name from :meth:`add_adapter`; None: the base model; by default the
+        model as it is)."""
         size = self.batch_size or len(conversations) or 1
         out: list[Generation] = []
-        for start in range(0, len(conversations), size):
-            out.extend(self._generate_batch(list(conversations[start:start + size])))
+        with self._lock, self._adapter_context(adapter):
+            for start in range(0, len(conversations), size):
+                out.extend(self._generate_batch(list(conversations[start:start + size]), sampling or self.sampling))
         return out
 
-    def _prepare_images(self, conversations: list[list[Message]]):
-        from qwen_vl_utils import process_vision_info
-
-        prepared = []
-        for conv in conversations:
-            new_conv = []
-            for message in conv:
-                content = message["content"]
-                if isinstance(content, list):
-                    parts = []
-                    for part in content:
-                        if part.get("type") == "image":
-                            part = dict(part)
-                            if self.max_pixels:
-                                part.setdefault("max_pixels", self.max_pixels)
-                            if self.min_pixels:
-                                part.setdefault("min_pixels", self.min_pixels)
-                        parts.append(part)
-                    content = parts
-                new_conv.append({**message, "content": content})
-            prepared.append(new_conv)
-        images, _videos = process_vision_info(prepared)
-        return images or None
-
     @torch.inference_mode()
-    def _generate_batch(self, conversations: list[list[Message]]) -> list[Generation]:
-        texts = [self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-        images = self._prepare_images(conversations)
-        inputs = self.processor(text=texts, images=images, padding=True, return_tensors="pt").to(self.device)
-        s = self.sampling
+    def _generate_batch(self, conversations: list[list[Message]], s: SamplingConfig) -> list[Generation]:
+        prepared = [self.prepare(c) for c in conversations]
+        texts = [self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c, _ in prepared]
+        images = [image for _, conv_images in prepared for image in conv_images]
+        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        self.check_input_tokens(inputs["attention_mask"].sum(dim=1).tolist(), s)
+        inputs = inputs.to(self.device)
         gen_kwargs: dict[str, Any] = dict(
             max_new_tokens=s.max_new_tokens,
             return_dict_in_generate=True,

@@ -9,10 +9,11 @@ Two flavours share one configuration and one way of building engine inputs:
   callers are batched continuously. It also offers the synchronous ``refine`` (the call is
   handed to the engine's event loop), so the same object serves the sidecar and in-process use.
 
-The chat text comes from the model's own processor (``apply_chat_template``) and preview images
-are resized exactly as :class:`~promptloop.policies.transformers.TransformersPolicy` resizes them
-(qwen-vl-utils ``fetch_image`` with the same pixel bounds), so under greedy decoding both backends
-see the same inputs. vLLM is imported lazily: importing this module does not need it.
+Both build their engine requests in one place (:meth:`VLLMPolicy.requests`). The chat text comes
+from the model's own processor (``apply_chat_template``) and preview images are prepared exactly
+as :class:`~promptloop.policies.transformers.TransformersPolicy` prepares them
+(:func:`~promptloop.policies.messages.prepare_image`), so under greedy decoding both backends see
+the same inputs. vLLM is imported lazily: importing this module does not need it.
 
 Scripts that create an engine must guard their entry point with ``if __name__ == "__main__":``
 (vLLM starts worker processes).
@@ -23,25 +24,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
-import json
 import logging
 import os
 import threading
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import replace
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
+from promptloop.policies.adapters import check_adapter_dir
 from promptloop.policies.base import Generation, GenerativePolicy, SamplingConfig
 from promptloop.policies.messages import Message
 
 logger = logging.getLogger("promptloop.vllm")
-
-#: The preview-size bound TransformersPolicy uses by default (256 visual tokens for Qwen2-VL).
-DEFAULT_MAX_PIXELS = 256 * 28 * 28
 
 
 def vllm_available() -> bool:
@@ -49,43 +44,6 @@ def vllm_available() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
-
-
-def prepare_conversation(
-    conversation: list[Message], *, min_pixels: int | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
-) -> tuple[list[Message], list[Image.Image]]:
-    """Resize the conversation's images the way the transformers backend does.
-
-    Returns the conversation with each image part replaced by its resized PIL image, and those
-    images in order. Only PIL images are accepted (never paths or URLs: a server must not read
-    files or fetch URLs named by a client).
-    """
-    from qwen_vl_utils import fetch_image
-
-    images: list[Image.Image] = []
-    out: list[Message] = []
-    for message in conversation:
-        content = message.get("content")
-        if not isinstance(content, list):
-            out.append(message)
-            continue
-        parts = []
-        for part in content:
-            if part.get("type") == "image":
-                image = part.get("image")
-                if not isinstance(image, Image.Image):
-                    raise TypeError("image parts must hold a PIL image")
-                spec: dict[str, Any] = {"image": image}
-                if max_pixels:
-                    spec["max_pixels"] = max_pixels
-                if min_pixels:
-                    spec["min_pixels"] = min_pixels
-                resized = fetch_image(spec)
-                images.append(resized)
-                part = {**part, "image": resized}
-            parts.append(part)
-        out.append({**message, "content": parts})
-    return out, images
 
 
 def _cpu_platform() -> bool:
@@ -97,20 +55,13 @@ def _cpu_platform() -> bool:
         return False
 
 
-def _check_adapter_dir(path: str | os.PathLike, max_lora_rank: int | None) -> Path:
-    """Fail early, with a message, on an adapter vLLM would choke on inside its engine."""
-    path = Path(path)
-    config_file = path / "adapter_config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"no LoRA adapter at {path} (adapter_config.json missing)")
-    try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{config_file} is not valid JSON: {exc}") from None
-    rank = config.get("r")
-    if max_lora_rank is not None and isinstance(rank, int) and rank > max_lora_rank:
-        raise ValueError(f"adapter {path} has rank {rank} > max_lora_rank {max_lora_rank} of this engine")
-    return path
+@dataclass
+class VLLMRequests:
+    """One call's engine inputs (see :meth:`VLLMPolicy.requests`)."""
+
+    prompts: list[dict[str, Any]]
+    params: Any  # vllm.SamplingParams
+    lora: Any  # vllm LoRARequest, or None for the base model
 
 
 class VLLMPolicy(GenerativePolicy):
@@ -128,9 +79,10 @@ class VLLMPolicy(GenerativePolicy):
             (vLLM would otherwise reserve a fraction of host RAM).
         enable_lora, max_lora_rank, max_loras: LoRA support; ``enable_lora`` defaults to True
             when adapters are given (it must be on at start-up to add adapters later).
-        min_pixels, max_pixels: preview resizing, as in the transformers backend.
         engine_kwargs: any other ``EngineArgs`` field, passed through unchanged.
-        **kwargs: ``GenerativePolicy`` options (``max_prompt_chars``, ``system_prompt``).
+        **kwargs: ``GenerativePolicy`` options (``max_prompt_chars``, ``system_prompt``,
+            ``min_pixels``, ``max_pixels``, ``max_input_tokens``; the input bound defaults to the
+            engine's ``max_model_len`` less the call's ``max_new_tokens``).
     """
 
     def __init__(
@@ -149,16 +101,12 @@ class VLLMPolicy(GenerativePolicy):
         enable_lora: bool | None = None,
         max_lora_rank: int = 16,
         max_loras: int = 4,
-        min_pixels: int | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
         engine_kwargs: Mapping[str, Any] | None = None,
         start: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(sampling, **kwargs)
         self.name_or_path = str(model)
-        self.min_pixels = min_pixels
-        self.max_pixels = max_pixels
         self.max_lora_rank = max_lora_rank
         named = dict(adapters or {})
         if adapter is not None:
@@ -267,7 +215,7 @@ class VLLMPolicy(GenerativePolicy):
             raise RuntimeError("this engine was started without LoRA support (enable_lora=True)")
         if not name:
             raise ValueError("an adapter needs a name")
-        checked = _check_adapter_dir(path, self.max_lora_rank)
+        checked = check_adapter_dir(path, self.max_lora_rank)
         previous = self._adapters.get(name)
         lora_id = previous.lora_int_id if previous is not None else next(self._lora_ids)
         request = LoRARequest(
@@ -301,16 +249,44 @@ class VLLMPolicy(GenerativePolicy):
             raise KeyError(f"unknown adapter {name!r}; registered: {', '.join(self._adapters) or 'none'}") from None
 
     # -- inputs and outputs -------------------------------------------------------------------
-    def engine_input(self, conversation: list[Message]) -> dict[str, Any]:
-        """The vLLM prompt for one conversation: chat text plus the resized images."""
-        conversation, images = prepare_conversation(
-            conversation, min_pixels=self.min_pixels, max_pixels=self.max_pixels
+    @property
+    def context_length(self) -> int | None:
+        config = getattr(self._engine, "model_config", None) or getattr(
+            getattr(self._engine, "llm_engine", None), "model_config", None
         )
+        return getattr(config, "max_model_len", None) or self.engine_args.get("max_model_len")
+
+    def engine_input(self, conversation: list[Message], *, count_tokens: bool = False) -> dict[str, Any]:
+        """The vLLM prompt for one conversation: chat text plus the prepared images (and, with
+        ``count_tokens``, its length in tokens under ``"num_tokens"``, image tokens included)."""
+        conversation, images = self.prepare(conversation)
         text = self.processor.apply_chat_template(conversation, tokenize=False, add_generation_prompt=True)
         prompt: dict[str, Any] = {"prompt": text}
         if images:
             prompt["multi_modal_data"] = {"image": images[0] if len(images) == 1 else images}
+        if count_tokens:
+            prompt["num_tokens"] = len(self.processor(text=[text], images=images or None)["input_ids"][0])
         return prompt
+
+    def requests(
+        self,
+        conversations: Sequence[list[Message]],
+        *,
+        sampling: SamplingConfig | None = None,
+        adapter: str | None = ...,  # type: ignore[assignment]
+        final_only: bool = False,
+    ) -> VLLMRequests:
+        """What the engine gets for these conversations, for both the synchronous and the
+        asynchronous engine: prompts (each checked against :meth:`input_token_limit`, so an
+        over-long one raises :class:`~promptloop.policies.base.InputTooLongError` before anything
+        runs), sampling parameters (``sampling``, default :attr:`sampling`) and the ``LoRARequest``
+        of ``adapter`` (default: :attr:`adapter`; None: the base model)."""
+        s = sampling or self.sampling
+        count = self.input_token_limit(s) is not None
+        prompts = [self.engine_input(c, count_tokens=count) for c in conversations]
+        if count:
+            self.check_input_tokens([p.pop("num_tokens") for p in prompts], s)
+        return VLLMRequests(prompts, self.sampling_params(s, final_only=final_only), self.lora_request(adapter))
 
     def sampling_params(self, sampling: SamplingConfig | None = None, *, final_only: bool = False):
         """vLLM ``SamplingParams`` for a :class:`SamplingConfig` (default: this policy's)."""
@@ -349,23 +325,13 @@ class VLLMPolicy(GenerativePolicy):
         )
 
     # -- generation ---------------------------------------------------------------------------
-    def generate(
-        self,
-        conversations: Sequence[list[Message]],
-        *,
-        sampling: SamplingConfig | None = None,
-        adapter: str | None = ...,  # type: ignore[assignment]
-    ) -> list[Generation]:
+    def generate(self, conversations: Sequence[list[Message]], **kwargs: Any) -> list[Generation]:
+        """One generation per conversation; ``sampling=`` and ``adapter=`` as in :meth:`requests`."""
         if not conversations:
             return []
         self.start()
-        prompts = [self.engine_input(c) for c in conversations]
-        outputs = self._engine.generate(
-            prompts,
-            self.sampling_params(sampling),
-            use_tqdm=False,
-            lora_request=self.lora_request(adapter),
-        )
+        batch = self.requests(conversations, **kwargs)
+        outputs = self._engine.generate(batch.prompts, batch.params, use_tqdm=False, lora_request=batch.lora)
         return [self.to_generation(o) for o in outputs]
 
     def info(self) -> dict[str, Any]:
@@ -479,35 +445,29 @@ class AsyncVLLMPolicy(VLLMPolicy):
             return
         self._run(self.add_adapter_async(name, path))
 
-    async def agenerate(
-        self,
-        conversations: Sequence[list[Message]],
-        *,
-        sampling: SamplingConfig | None = None,
-        adapter: str | None = ...,  # type: ignore[assignment]
-    ) -> list[Generation]:
-        """Generate for all conversations concurrently on the shared engine."""
+    async def agenerate(self, conversations: Sequence[list[Message]], **kwargs: Any) -> list[Generation]:
+        """Generate for all conversations concurrently on the shared engine (``sampling=`` and
+        ``adapter=`` as in :meth:`requests`)."""
         if not conversations:
             return []
         if self._engine is None:
             await self.astart()
-        loop = asyncio.get_running_loop()
-        lora = self.lora_request(adapter)
-        params = self.sampling_params(sampling, final_only=True)
-        # Chat templating and image resizing are CPU work: off the event loop.
-        prompts = await loop.run_in_executor(None, lambda: [self.engine_input(c) for c in conversations])
+        # Chat templating, image preparation and token counting are CPU work: off the event loop.
+        batch = await asyncio.get_running_loop().run_in_executor(
+            None, lambda: self.requests(conversations, final_only=True, **kwargs)
+        )
 
         async def one(prompt: dict[str, Any]) -> Generation:
             final = None
             async for output in self._engine.generate(
-                prompt, copy.copy(params), request_id=uuid.uuid4().hex, lora_request=lora
+                prompt, copy.copy(batch.params), request_id=uuid.uuid4().hex, lora_request=batch.lora
             ):
                 final = output
             if final is None:
                 raise RuntimeError("vLLM returned no output")
             return self.to_generation(final)
 
-        return list(await asyncio.gather(*(one(p) for p in prompts)))
+        return list(await asyncio.gather(*(one(p) for p in batch.prompts)))
 
     def _run(self, coro):
         """Run a coroutine on the engine's loop from synchronous code."""
@@ -524,20 +484,11 @@ class AsyncVLLMPolicy(VLLMPolicy):
             raise RuntimeError("synchronous call on the engine's own event loop; use 'await agenerate(...)'")
         return asyncio.run_coroutine_threadsafe(coro, loop).result()
 
-    def generate(
-        self,
-        conversations: Sequence[list[Message]],
-        *,
-        sampling: SamplingConfig | None = None,
-        adapter: str | None = ...,  # type: ignore[assignment]
-    ) -> list[Generation]:
+    def generate(self, conversations: Sequence[list[Message]], **kwargs: Any) -> list[Generation]:
+        """:meth:`agenerate` on the engine's loop, from synchronous code."""
         if not conversations:
             return []
-        return self._run(self.agenerate(conversations, sampling=sampling, adapter=adapter))
-
-    def with_sampling(self, **changes: Any) -> SamplingConfig:
-        """This policy's sampling config with some fields changed (per-request overrides)."""
-        return replace(self.sampling, **changes)
+        return self._run(self.agenerate(conversations, **kwargs))
 
     def info(self) -> dict[str, Any]:
         out = super().info()
@@ -545,4 +496,4 @@ class AsyncVLLMPolicy(VLLMPolicy):
         return out
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "AsyncVLLMPolicy", "VLLMPolicy", "prepare_conversation", "vllm_available"]
+__all__ = ["AsyncVLLMPolicy", "VLLMPolicy", "VLLMRequests", "vllm_available"]

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from promptloop.policies.messages import build_messages
+from promptloop.policies.messages import build_messages, prepare_conversation
 from promptloop.refinement import Observation
 
 from .prompts import TINY_PROMPTS
@@ -132,18 +132,18 @@ def build_answer_batch(processor: Any, conversations: list[list[dict[str, Any]]]
     """Tokenize chat ``conversations`` followed by their ``answers`` and the end token.
 
     Conversations go through the chat template and the processor exactly as
-    :class:`~promptloop.policies.transformers.TransformersPolicy` sends them (images resized by
-    qwen-vl-utils), but right-padded. Returns the model inputs and, per row, ``(start, length)``
+    :class:`~promptloop.policies.transformers.TransformersPolicy` sends them (images prepared by
+    :func:`~promptloop.policies.messages.prepare_conversation` with the default bounds), but
+    right-padded. Returns the model inputs and, per row, ``(start, length)``
     of the answer tokens (end token included): the only tokens the loss is taken on.
     """
-    from qwen_vl_utils import process_vision_info
-
     tokenizer = processor.tokenizer
+    prepared = [prepare_conversation(c) for c in conversations]
     prompts = [
-        processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations
+        processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c, _ in prepared
     ]
     answers = [answer + END_TOKEN for answer in answers]
-    images, _videos = process_vision_info(conversations)
+    images = [image for _, conv_images in prepared for image in conv_images]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from promptloop.server.backbones import BackboneStore
-from promptloop.server.codec import PayloadError
+from promptloop.wire import PayloadError
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ import pytest
 import torch
 from conftest import ADMIN_KEY, API_KEY
 from PIL import Image
-from promptloop.server.codec import decode_tensors, encode_image, encode_latents, encode_tensors
+from promptloop.wire import decode_tensors, encode_image, encode_latents, encode_tensors
 from trained_policy import ADAPTER_ANSWER, BASE_ANSWER
 
 from promptloop.policies.http import HTTPPolicy
@@ -300,7 +300,7 @@ def test_info_describes_policy_backbones_and_limits(live_server):
 
 def test_codec_round_trips():
     image = Image.new("RGB", (17, 9), (1, 2, 3))
-    from promptloop.server.codec import PayloadError, decode_image
+    from promptloop.wire import PayloadError, decode_image
 
     assert np.array_equal(np.asarray(decode_image(encode_image(image))), np.asarray(image))
     assert np.array_equal(np.asarray(decode_image("data:image/png;base64," + encode_image(image))), np.asarray(image))

@@ -1,4 +1,8 @@
-"""Readiness, timeouts and engine failures, with a scripted engine (no model) behind real HTTP."""
+"""Readiness, timeouts and engine failures, with a scripted policy (no model) behind real HTTP.
+
+The policy's asynchronous generation is scripted (a delay, a failure); everything around it is
+real: the engine's refine path, the library's ``arefine`` and the app under uvicorn.
+"""
 
 from __future__ import annotations
 
@@ -15,29 +19,18 @@ from promptloop.server.backbones import BackboneStore
 from promptloop.server.engine import Engine
 
 
-class _Echo(GenerativePolicy):
-    def generate(self, conversations):  # not used: the engine answers
-        raise AssertionError
+class ScriptedPolicy(GenerativePolicy):
+    """Answers "a scripted prompt" after ``delay_s``, or fails."""
 
-
-class ScriptedEngine(Engine):
-    backend = "scripted"
-
-    def __init__(self, *, start_gate: threading.Event | None = None, fail_start: bool = False,
-                 delay_s: float = 0.0, fail_generate: bool = False) -> None:
-        super().__init__(_Echo(), "scripted")
-        self.start_gate, self.fail_start = start_gate, fail_start
+    def __init__(self, *, delay_s: float = 0.0, fail_generate: bool = False) -> None:
+        super().__init__()
         self.delay_s, self.fail_generate = delay_s, fail_generate
         self.cancelled = 0
 
-    async def start(self) -> None:
-        if self.start_gate is not None:
-            while not self.start_gate.is_set():
-                await asyncio.sleep(0.02)
-        if self.fail_start:
-            raise RuntimeError("weights not found")
+    def generate(self, conversations, *, sampling=None, adapter=None):  # the server only awaits agenerate
+        raise AssertionError
 
-    async def generate(self, conversations, sampling, adapter=None):
+    async def agenerate(self, conversations, *, sampling=None, adapter=None):
         try:
             await asyncio.sleep(self.delay_s)
         except asyncio.CancelledError:
@@ -46,6 +39,21 @@ class ScriptedEngine(Engine):
         if self.fail_generate:
             raise RuntimeError("engine died")
         return [Generation(text="a scripted prompt") for _ in conversations]
+
+
+class ScriptedEngine(Engine):
+    backend = "scripted"
+
+    def __init__(self, *, start_gate: threading.Event | None = None, fail_start: bool = False, **policy) -> None:
+        super().__init__(ScriptedPolicy(**policy), "scripted")
+        self.start_gate, self.fail_start = start_gate, fail_start
+
+    async def start(self) -> None:
+        if self.start_gate is not None:
+            while not self.start_gate.is_set():
+                await asyncio.sleep(0.02)
+        if self.fail_start:
+            raise RuntimeError("weights not found")
 
 
 def _serve(engine: Engine, **settings_kwargs):
@@ -120,7 +128,7 @@ def test_slow_policy_gets_504_in_time_and_the_request_is_cancelled():
         r = httpx.post(url + "/refine", json=BODY, timeout=10)
         assert r.status_code == 504 and "0.5 s" in r.json()["detail"]
         assert time.monotonic() - start < 5
-        assert engine.cancelled == 1  # the generation was aborted, not left running
+        assert engine.policy.cancelled == 1  # the generation was aborted, not left running
         assert httpx.get(url + "/health").status_code == 200
     finally:
         stop()

@@ -34,11 +34,7 @@ def test_engine_policy_matches_transformers_token_for_token(vllm_server, tf_poli
     sampling = SamplingConfig(max_new_tokens=24, return_logprobs=True)
     conversations = [policy.messages_for(o) for o in _observations()]
     ours = policy.generate(conversations, sampling=sampling)
-    tf_policy.sampling = sampling
-    try:
-        theirs = tf_policy.generate(conversations)
-    finally:
-        tf_policy.sampling = SamplingConfig(max_new_tokens=24)
+    theirs = tf_policy.generate(conversations, sampling=sampling)
     for a, b in zip(ours, theirs):
         assert a.text == b.text == BASE_ANSWER
         assert a.token_ids == b.token_ids and a.finished and b.finished

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from promptloop.policies.messages import build_messages
+from promptloop.policies.messages import build_messages, prepare_conversation
 from promptloop.refinement import Observation
 
 BASE_ANSWER = "a watercolor painting, soft light"
@@ -44,18 +44,12 @@ def _observations(n: int, seed: int) -> list[Observation]:
 
 def _examples(processor, answer: str, n: int, seed: int) -> list[tuple[torch.Tensor, torch.Tensor, dict]]:
     """(input_ids, labels, extra model inputs) for ``n`` observations answered with ``answer``."""
-    from qwen_vl_utils import process_vision_info
-
     target = processor.tokenizer(answer + "<|im_end|>", add_special_tokens=False, return_tensors="pt").input_ids[0]
     out = []
     for obs in _observations(n, seed):
-        conv = build_messages(obs)
-        for part in conv[1]["content"]:
-            if part.get("type") == "image":
-                part["max_pixels"] = 256 * 28 * 28  # as the policies resize previews
-        images, _ = process_vision_info([conv])
+        conv, images = prepare_conversation(build_messages(obs))  # as the policies prepare previews
         prompt = processor.apply_chat_template(conv, tokenize=False, add_generation_prompt=True)
-        enc = processor(text=[prompt], images=images, return_tensors="pt")
+        enc = processor(text=[prompt], images=images or None, return_tensors="pt")
         ids = torch.cat([enc["input_ids"][0], target])[None]
         labels = torch.cat([torch.full_like(enc["input_ids"][0], -100), target])[None]
         extra = {k: v for k, v in enc.items() if k not in ("input_ids", "attention_mask")}

@@ -1,4 +1,6 @@
-"""Wire formats of the sidecar, shared by the server and its clients (no web framework needed).
+"""The sidecar's wire format, shared by the server (``promptloop.server``) and its clients
+(:class:`~promptloop.policies.http.HTTPPolicy`, :class:`~promptloop.policies.openai.OpenAIChatPolicy`);
+no web framework needed.
 
 * Images travel as base64 PNG or JPEG (a ``data:image/...;base64,`` prefix is accepted).
 * Latents travel as base64 safetensors holding one tensor (named ``latents`` by convention),
