@@ -95,6 +95,9 @@ class TrainConfig:
     #: Evaluate before the first step too (the untrained policy's baseline).
     eval_on_start: bool = False
     progress: bool = True
+    #: Every process appends a hash of its trainable weights per step to
+    #: ``output_dir/fingerprints-{rank}.jsonl`` (checks that processes stay in sync).
+    log_fingerprints: bool = False
 
     # -- helpers ----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -187,6 +190,9 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
             if type(None) in args:
                 return None
+        for arg in args:  # a value already of one of the types stays as it is
+            if isinstance(arg, type) and arg is not type(None) and type(value) is arg:
+                return value
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
