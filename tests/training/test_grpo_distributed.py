@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SMALL
+from training_helpers import SMALL
 
 
 @pytest.mark.slow

@@ -29,7 +29,7 @@ from promptloop.policies.base import SamplingConfig
 from promptloop.policies.transformers import TransformersPolicy
 from promptloop.rewards.registry import CombinedReward, load_reward
 from promptloop.training.config import GRPOConfig, normalise_scale_rewards
-from promptloop.training.grpo.loss import grpo_loss, group_advantages
+from promptloop.training.grpo.loss import LossStats, grpo_loss, group_advantages
 from promptloop.training.models import load_backbone, load_policy_model, load_prompts
 from promptloop.training.rollouts import ActionRecord, RolloutBatch, rollout
 from promptloop.training.runtime import Runtime, derived_seed
@@ -53,8 +53,9 @@ class GRPOTrainer:
         self.runtime = Runtime(config)
         device = self.runtime.device
         self.pipeline = pipeline if pipeline is not None else load_backbone(config.backbone, device, config.dtype)
+        self.base_path = None
         if model is None:
-            model, processor, _ = load_policy_model(config, device)
+            model, processor, self.base_path = load_policy_model(config, device)
         self.reward = reward if reward is not None else load_reward(config.reward, config.reward_options)
         self.train_prompts = load_prompts(config.prompts)
         self.eval_prompts = load_prompts(config.eval_prompts)[: config.eval_num_prompts]
@@ -76,6 +77,37 @@ class GRPOTrainer:
                                        top_p=config.top_p, return_logprobs=True)
         self.policy = TransformersPolicy(self.unwrapped, processor, self.sampling)
         self.step = 0
+        self.rollout_policy: Any = self.policy
+        if config.rollout_backend == "vllm":
+            self.rollout_policy = self._start_vllm()
+
+    # -- vLLM rollouts ----------------------------------------------------------------------
+    def _rollout_adapter_dir(self) -> Path:
+        return self.runtime.output_dir / f"rollout-adapter-{self.runtime.process_index}"
+
+    def _start_vllm(self) -> Any:
+        """An in-process vLLM engine on the base model serving the current adapter as a LoRA."""
+        from promptloop.policies.vllm import VLLMPolicy
+
+        if self.base_path is None:
+            raise ValueError("rollout_backend=vllm needs the policy loaded from config.policy (a path)")
+        path = self._rollout_adapter_dir()
+        self.unwrapped.save_pretrained(str(path))
+        cpu = self.runtime.device.type == "cpu"
+        return VLLMPolicy(
+            self.base_path, adapter=path, sampling=self.sampling, max_lora_rank=max(8, self.config.lora_r),
+            dtype="float32" if cpu else "auto", enforce_eager=True if cpu else None,
+            engine_kwargs={"logprobs_mode": "processed_logprobs", "seed": self.config.seed},
+        )
+
+    def _sync_rollout_adapter(self) -> None:
+        """After an update: write the adapter and load it into the engine as a new LoRA request
+        (no weight merging)."""
+        if self.rollout_policy is self.policy:
+            return
+        path = self._rollout_adapter_dir()
+        self.unwrapped.save_pretrained(str(path))
+        self.rollout_policy.add_adapter("default", path)
 
     # -- data -------------------------------------------------------------------------------
     def prompts_for_step(self, step: int) -> list[str]:
@@ -96,13 +128,13 @@ class GRPOTrainer:
     def _rollout(self, prompts: Sequence[str], seed: int, *, schedule: str, temperature: float,
                  num_generations: int) -> RolloutBatch:
         c = self.config
-        self.policy.sampling = SamplingConfig(
+        self.rollout_policy.sampling = SamplingConfig(
             max_new_tokens=c.max_completion_length, temperature=temperature, top_p=c.top_p,
-            return_logprobs=True, seed=derived_seed(seed, 1),
+            return_logprobs=True, seed=derived_seed(seed, 1) % 2**31,
         )
         self.unwrapped.eval()
         return rollout(
-            self.pipeline, self.policy, prompts, self.reward, num_generations=num_generations, schedule=schedule,
+            self.pipeline, self.rollout_policy, prompts, self.reward, num_generations=num_generations, schedule=schedule,
             seed=seed, mode=c.mode, num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale,
             height=c.height, width=c.width, preview=c.preview, preview_size=c.preview_size,
         )
@@ -146,7 +178,7 @@ class GRPOTrainer:
 
         t_update = time.perf_counter()
         num_tokens = float(sum(len(a.token_ids) for a in actions))
-        stats_sum: dict[str, float] = {}
+        stats_sum = {name: 0.0 for name in LossStats.__dataclass_fields__}  # same keys on every process
         entropy_sum, token_count, loss_sum, grad_norm = 0.0, 0.0, 0.0, 0.0
         self.unwrapped.train()
         for _ in range(c.num_iterations):
@@ -179,6 +211,7 @@ class GRPOTrainer:
                 self.optimizer.step()
             self.scheduler.step()
         self.unwrapped.eval()
+        self._sync_rollout_adapter()
         update_s = time.perf_counter() - t_update
         denom = max(token_count, 1.0)
         metrics.update({f"train/{k}": v / denom for k, v in stats_sum.items()})
@@ -213,29 +246,26 @@ class GRPOTrainer:
     # -- evaluation -------------------------------------------------------------------------
     def evaluate(self, step: int) -> dict[str, float]:
         """Mean reward on the held-out prompts (``eval_schedule``, ``eval_temperature``, fixed
-        latents); writes ``eval/step-{step}.png`` (trace strip with the final images)."""
+        latents); writes ``eval/step-{step}.png`` (trace strip with the final images). The main
+        process evaluates; the others wait."""
         c = self.config
-        if not self.eval_prompts:
-            return {}
-        # Processes evaluate disjoint slices of the held-out prompts.
-        mine = self.eval_prompts[self.runtime.process_index::self.runtime.num_processes]
-        temperature = c.eval_temperature if c.eval_temperature > 0 else 0.0
-        batch = self._rollout(mine, derived_seed(c.seed, 10_000), schedule=c.eval_schedule,
-                              temperature=temperature, num_generations=1) if mine else None
-        local = {"eval/reward": float(torch.tensor(batch.rewards).mean())} if batch else {"eval/reward": 0.0}
-        if batch:
+        metrics: dict[str, float] = {}
+        if self.runtime.is_main and self.eval_prompts:
+            temperature = c.eval_temperature if c.eval_temperature > 0 else 0.0
+            batch = self._rollout(self.eval_prompts, derived_seed(c.seed, 10_000), schedule=c.eval_schedule,
+                                  temperature=temperature, num_generations=1)
+            metrics["eval/reward"] = float(torch.tensor(batch.rewards).mean())
             for name, values in batch.reward_terms.items():
-                local[f"eval/{name}"] = float(torch.tensor(values).mean())
-            local["eval/fallback_rate"] = sum(e.fallback is not None for e in batch.trace.entries) / max(
-                1, len(batch.trace.entries))
-        metrics = self.runtime.mean_across_processes(local)
-        if batch is not None and self.runtime.is_main:
+                metrics[f"eval/{name}"] = float(torch.tensor(values).mean())
+            entries = batch.trace.entries
+            metrics["eval/fallback_rate"] = sum(e.fallback is not None for e in entries) / max(1, len(entries))
             strip = batch.trace.render_strip(thumb=96, images=batch.images)
             out = self.runtime.output_dir / "eval"
             out.mkdir(parents=True, exist_ok=True)
             strip.save(out / f"step-{step}.png")
             self.runtime.log_image("eval/trace", strip, step)
-        self.runtime.log(metrics, step)
+            self.runtime.log(metrics, step)
+        self.runtime.wait()
         return metrics
 
     # -- the loop ---------------------------------------------------------------------------
@@ -249,6 +279,7 @@ class GRPOTrainer:
     def resume(self, checkpoint: str | Path) -> None:
         state = self.runtime.load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
         self.step = int(state["step"])
+        self._sync_rollout_adapter()
 
     def _log_fingerprint(self) -> None:
         import hashlib
@@ -304,3 +335,8 @@ class GRPOTrainer:
             return self.save_adapter()
         finally:
             self.runtime.close()
+
+    def close(self) -> None:
+        """Stop a vLLM rollout engine, if any."""
+        if self.rollout_policy is not self.policy:
+            self.rollout_policy.shutdown()
