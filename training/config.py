@@ -252,7 +252,13 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; "
                          f"known fields: {', '.join(sorted(known))}")
-    values = {k: _coerce(v, hints[k], k) for k, v in data.items()}
+    values = {}
+    for key, value in data.items():
+        try:
+            values[key] = _coerce(value, hints[key], key)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            raise ValueError(message if message.startswith(f"{key}:") else f"{key}: {message}") from None
     config = cls(**values)
     config.validate()
     return config
