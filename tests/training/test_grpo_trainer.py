@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -83,6 +84,9 @@ def _sidecar_logprobs(settings) -> tuple[list[float], list[float]]:
     from promptloop.server import create_app
 
     with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 600
+        while client.get("/ready").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.5)
         body = {"prompt": OBS[0].original_prompt, "step": 1, "num_steps": 4, "sampling": {"return_logprobs": True}}
         base = client.post("/refine", json={**body, "use_base_model": True})
         tuned = client.post("/refine", json={**body, "adapter": "grpo"})

@@ -259,6 +259,9 @@ class GRPOTrainer:
                 metrics[f"eval/{name}"] = float(torch.tensor(values).mean())
             entries = batch.trace.entries
             metrics["eval/fallback_rate"] = sum(e.fallback is not None for e in entries) / max(1, len(entries))
+            for entry in entries:  # rollouts keep previews only in the observation snapshots
+                if entry.preview is None and entry.observation is not None:
+                    entry.preview = entry.observation.preview
             strip = batch.trace.render_strip(thumb=96, images=batch.images)
             out = self.runtime.output_dir / "eval"
             out.mkdir(parents=True, exist_ok=True)
