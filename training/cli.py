@@ -1,7 +1,7 @@
 """``promptloop train``: the training commands (registered lazily by ``promptloop.cli``).
 
     promptloop train grpo --config training/configs/grpo_tiny.yaml --set max_steps=20
-    accelerate launch --num_processes 2 -m promptloop.training.cli grpo --config my.yaml
+    accelerate launch --multi_gpu --num_processes 2 -m promptloop.training.cli grpo --config my.yaml
 """
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from training_helpers import SMALL
 def test_two_cpu_processes_keep_identical_adapters(tmp_path, warm_policy_dir):
     overrides = {**SMALL, "output_dir": str(tmp_path), "max_steps": 2, "save_steps": 0, "log_fingerprints": True}
     args = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
-    command = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "-m", "promptloop.training.cli", "grpo"]
     for arg in args:
