@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import typer
@@ -67,7 +68,7 @@ def grpo(
     typer.echo(f"adapter written to {adapter}")
 
 
-grpo.__doc__ = (grpo.__doc__ or "") + "\n\nConfig fields (defaults): " + field_help(GRPOConfig)
+grpo.__doc__ = inspect.cleandoc(grpo.__doc__ or "") + "\n\nConfig fields (defaults): " + field_help(GRPOConfig)
 
 
 def main() -> None:
