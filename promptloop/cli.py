@@ -80,6 +80,9 @@ def _write_outputs(out: Path, images, hook, meta: dict) -> None:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images and the trace.")] = Path("promptloop-demo"),
+    world: Annotated[str, typer.Option(
+        help="shapes: ShapesWorld's shipped backbone and policy, with exact rewards before/after; "
+             "random: tiny random-weight models (--family, --preview, --size, --policy-steps apply).")] = "shapes",
     family: Annotated[str, typer.Option(help="Tiny backbone family: sd, sdxl, sd3 or flux.")] = "sd",
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
@@ -93,15 +96,27 @@ def demo(
              "whose output is rejected as garbage; the trace then shows the fallbacks).")] = 300,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the loop on tiny models built in code (real classes, no download).
+    """Run the loop on ShapesWorld (default) or on tiny random models built in code (no download).
 
-    It builds a tiny diffusion pipeline (random weights) and a tiny Qwen2-VL policy, which it
+    ShapesWorld (--world shapes): a small Stable Diffusion pipeline trained here on images of
+    coloured shapes, and a tiny Qwen2-VL policy supervised to restate prompts explicitly, both
+    shipped with the package. Each prompt is sampled without and with the policy from the same
+    noise, and the exact reward of both images is printed and shown on the trace page.
+
+    Random models (--world random): it builds a tiny diffusion pipeline (random weights) and a tiny Qwen2-VL policy, which it
     first teaches, in about 40 s on a CPU (cached under ~/.cache/promptloop), to answer with the
     current prompt plus a style phrase. Both are saved with save_pretrained and loaded back
     through the same code real checkpoints use. The images and the trace (JSON, HTML page, PNG
     strip) go to --out. The diffusion model is random: the point is to see the loop.
     """
     _setup_logging(verbose)
+    if world == "shapes":
+        from promptloop.worlds.shapes.demo import run_demo
+
+        run_demo(out, prompts=prompt, steps=steps, schedule=schedule, mode=mode, seed=seed, echo=typer.echo)
+        return
+    if world != "random":
+        raise typer.BadParameter(f"unknown world {world!r}: choose shapes or random", param_hint="--world")
     import torch
 
     from promptloop import PromptLoopHook

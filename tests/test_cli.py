@@ -67,7 +67,7 @@ def test_demo_writes_images_and_a_trace(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMPTLOOP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     # A short teaching run keeps the test fast; the taught policy itself is tested in test_warmup.
-    result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "6", "--schedule", "evenly:2",
+    result = runner.invoke(app, ["demo", "--world", "random", "--out", str(out), "--steps", "6", "--schedule", "evenly:2",
                                  "--policy-steps", "5"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("image_*.png")) == ["image_00.png", "image_01.png"]
@@ -82,7 +82,7 @@ def test_demo_writes_images_and_a_trace(tmp_path, monkeypatch):
 
 def test_demo_with_an_untrained_policy_records_fallbacks(tmp_path):
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "4", "--schedule", "1",
+    result = runner.invoke(app, ["demo", "--world", "random", "--out", str(out), "--steps", "4", "--schedule", "1",
                                  "--policy-steps", "0", "-p", "a red fox"])
     assert result.exit_code == 0, result.output
     entries = json.loads((out / "trace.json").read_text())["entries"]
@@ -110,6 +110,7 @@ def test_generate_from_saved_directories(tmp_path, tiny_policy_dir):
 
 
 def test_bad_schedule_is_a_clear_error(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--schedule", "often", "--steps", "3"])
+    result = runner.invoke(app, ["demo", "--world", "random", "--out", str(tmp_path), "--schedule", "often",
+                                 "--steps", "3"])
     assert result.exit_code != 0
     assert "schedule" in str(result.exception or result.output)
