@@ -121,6 +121,33 @@ class RefineSchedule:
             chosen.update(rng.sample(pool, min(self.random_count, len(pool))))
         return sorted(chosen)
 
+    @property
+    def per_sample(self) -> bool:
+        """True when samples draw their own steps (random schedules)."""
+        return bool(self.random_count)
+
+    def resolve_samples(self, num_steps: int, num_samples: int) -> list[list[int]]:
+        """Step indices per sample for one run of ``num_samples`` samples.
+
+        Fixed schedules give every sample the same steps. Random schedules draw each sample's
+        own steps (the ``G`` rollouts of one prompt in one batched call refine at different
+        steps), from ``random.Random(seed)`` in sample order (fresh entropy without a seed).
+        """
+        if not self.random_count:
+            steps = self.resolve(num_steps)
+            return [list(steps) for _ in range(num_samples)]
+        rng = random.Random(self.seed)
+        fixed = RefineSchedule(self.steps, self.fractions, self.count, self.every).resolve(num_steps)
+        last = num_steps - 2
+        out = []
+        for _ in range(num_samples):
+            chosen = set(fixed)
+            if last >= 0:
+                pool = list(range(0, last + 1))
+                chosen.update(rng.sample(pool, min(self.random_count, len(pool))))
+            out.append(sorted(chosen))
+        return out
+
     def warnings(self, num_steps: int) -> list[str]:
         """What this schedule asks for that a run of ``num_steps`` steps cannot do, in words.
 

@@ -60,13 +60,22 @@ class TraceEntry:
     preview: Image.Image | None = field(default=None, repr=False, compare=False)
     token_ids: list[int] | None = field(default=None, repr=False)
     logprobs: list[float] | None = field(default=None, repr=False)
+    #: The system prompt the policy was shown (``None``: the backend's default).
+    system_prompt: str | None = field(default=None, repr=False)
+    #: ``ahead`` mode: the steps the plan was written for and this entry's line in it.
+    plan_steps: list[int] | None = None
+    plan_index: int | None = None
+    #: An unchanged copy of what the policy saw (prompts, history, step, preview), kept in
+    #: memory even when previews are not kept, so trainers can rebuild the exact conversation.
+    #: Not saved to JSON.
+    observation: Any = field(default=None, repr=False, compare=False)
 
     @property
     def changed(self) -> bool:
         return self.fallback is None and self.prompt_after != self.prompt_before
 
     def to_dict(self, preview_path: str | None = None) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "preview"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("preview", "observation")}
         data["preview"] = preview_path
         return data
 
