@@ -213,5 +213,28 @@ def subsample_timesteps(batch: int, num_steps: int, fraction: float, generator: 
     return perms[:, :keep]
 
 
-__all__ = ["Conditioning", "Trajectories", "decode_latents", "encode_prompts", "predict_noise",
+__all__ = ["Conditioning", "Trajectories", "cat_trajectories", "decode_latents", "encode_prompts", "predict_noise",
            "sample_generators", "sample_trajectories", "subsample_timesteps"]
+
+
+def cat_trajectories(parts: Sequence[Trajectories]) -> Trajectories:
+    """Concatenate batches along the sample axis (group ids are offset to stay distinct)."""
+    if not parts:
+        raise ValueError("nothing to concatenate")
+    groups, offset = [], 0
+    for p in parts:
+        g = p.group if p.group is not None else torch.arange(len(p))
+        groups.append(g + offset)
+        offset += int(g.max()) + 1 if len(g) else 0
+    neg = [p.cond.negative_prompt_embeds for p in parts]
+    return Trajectories(
+        prompts=[x for p in parts for x in p.prompts],
+        cond=Conditioning(torch.cat([p.cond.prompt_embeds for p in parts]),
+                          None if neg[0] is None else torch.cat(neg)),
+        timesteps=torch.cat([p.timesteps for p in parts]),
+        latents=torch.cat([p.latents for p in parts]),
+        log_probs=torch.cat([p.log_probs for p in parts]),
+        images=[im for p in parts for im in p.images],
+        group=torch.cat(groups),
+        branch_index=parts[0].branch_index,
+    )
