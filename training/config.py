@@ -95,6 +95,9 @@ class TrainConfig:
     #: Evaluate before the first step too (the untrained policy's baseline).
     eval_on_start: bool = False
     progress: bool = True
+    #: Every process appends a hash of its trainable weights per step to
+    #: ``output_dir/fingerprints-{rank}.jsonl`` (checks that processes stay in sync).
+    log_fingerprints: bool = False
 
     # -- helpers ----------------------------------------------------------------------------
     def validate(self) -> None:
@@ -187,6 +190,9 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
         if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
             if type(None) in args:
                 return None
+        for arg in args:  # a value already of one of the types stays as it is
+            if isinstance(arg, type) and arg is not type(None) and type(value) is arg:
+                return value
         errors = []
         for arg in (a for a in args if a is not type(None)):
             try:
@@ -246,7 +252,13 @@ def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
     if unknown:
         raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; "
                          f"known fields: {', '.join(sorted(known))}")
-    values = {k: _coerce(v, hints[k], k) for k, v in data.items()}
+    values = {}
+    for key, value in data.items():
+        try:
+            values[key] = _coerce(value, hints[key], key)
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            raise ValueError(message if message.startswith(f"{key}:") else f"{key}: {message}") from None
     config = cls(**values)
     config.validate()
     return config
