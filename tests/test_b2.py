@@ -15,7 +15,8 @@ def test_schedule_is_the_authors_backward_progression():
     steps = [split_step(i, 100) for i in range(100)]
     assert steps == [14 + (i * 7) // 100 for i in range(100)]
     assert steps[0] == 14 and steps[-1] == 20 and steps == sorted(steps)
-    assert {s: steps.count(s) for s in set(steps)} == {14: 15, 15: 14, 16: 15, 17: 14, 18: 14, 19: 14, 20: 14}
+    # stage i reaches 14 + k from ceil(100 k / 7) on: 0, 15, 29, 43, 58, 72, 86
+    assert {s: steps.count(s) for s in set(steps)} == {14: 15, 15: 14, 16: 14, 17: 15, 18: 14, 19: 14, 20: 14}
     # which steps are trained: from the branch point to the end
     assert branch_index(0, 100, 20) == 6 and branch_index(99, 100, 20) == 0
     assert [branch_index(i, 4, 10, lo=6, hi=10) for i in range(4)] == [4, 3, 2, 1]
