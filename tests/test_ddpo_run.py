@@ -109,3 +109,22 @@ def test_cli_prints_the_resolved_config(tmp_path):
     assert res.exit_code != 0 and "objective" in res.output
     res = runner.invoke(app, ["ddpo", "--help"])
     assert res.exit_code == 0 and "timestep_fraction" in res.output
+
+
+@pytest.mark.slow
+def test_short_ddpo_run_raises_jpeg_compressibility_on_held_out_prompts(tmp_path):
+    """The tiny preset (4 epochs of 8 samples) against the untuned backbone, same prompts and
+    noise. benchmarks/study_ddpo_tiny.py repeats this over seeds for both trainers."""
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    preset = Path(__file__).resolve().parents[1] / "training" / "configs" / "ddpo_tiny.yaml"
+    cfg = load_config(DDPOConfig, preset, [f"output_dir={tmp_path}", "seed=0", "progress=false", "report_to=none",
+                                          "save_steps=0"])
+    trainer = DDPOTrainer(cfg)
+    heldout = ["a tiny house on a hill", "a yellow boat on a lake", "an owl in the moonlight", "a bowl of ramen",
+               "a snowy mountain village"]
+    base = trainer.evaluate(heldout, num_seeds=2)
+    trainer.train()
+    tuned = trainer.evaluate(heldout, num_seeds=2)
+    assert tuned > base + 0.03, (base, tuned)  # kB of JPEG saved per image (per-sample std ~0.05)
