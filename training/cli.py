@@ -15,7 +15,7 @@ from promptloop.training.config import GRPOConfig, field_help, load_config
 
 app = typer.Typer(
     name="train",
-    help="Train the PromptLoop policy (GRPO) with LoRA adapters as the output.",
+    help="Train the PromptLoop policy (GRPO) or the backbone (DDPO, B2-DiffuRL) with LoRA adapters as the output.",
     no_args_is_help=True,
     add_completion=False,
 )
@@ -24,7 +24,7 @@ app = typer.Typer(
 
 @app.callback()
 def _train() -> None:
-    """Train the PromptLoop policy (GRPO) with LoRA adapters as the output."""
+    """Train the PromptLoop policy (GRPO) or the backbone (DDPO, B2-DiffuRL) with LoRA adapters as the output."""
 
 
 _SET_HELP = ("Override a config field, repeatable: --set learning_rate=5e-5 --set schedule=random:5 "
@@ -69,6 +69,11 @@ def grpo(
 
 
 grpo.__doc__ = inspect.cleandoc(grpo.__doc__ or "") + "\n\nConfig fields (defaults): " + field_help(GRPOConfig)
+
+# The backbone trainers: `ddpo` and `b2` (LoRA on the diffusion UNet).
+from promptloop.training.diffusion.commands import register as _register_diffusion  # noqa: E402
+
+_register_diffusion(app)
 
 
 def main() -> None:
