@@ -14,11 +14,20 @@ Modes
            goes on; its answer is applied after the first step at which it has arrived, or
            exactly ``async_delay`` steps later when that is set (deterministic: sampling waits
            there if needed). Answers that arrive after the last step are recorded, not applied.
+           Several requests may be in flight. At every step the loop first applies the answers
+           that have arrived (or are due), in request order, and only then takes the step's own
+           request, so a request sees the newest prompt in force; an answer still in flight is
+           not waited for, and the request is based on the prompt without it. Each answer, when
+           it is applied, replaces the prompt in force then. The trace's ``prompt_before`` is
+           always the prompt the policy saw.
 ``ahead``  Before the first step the policy writes the prompts for all refinement steps in one
            batched call, without previews; sampling is never interrupted.
 
 Whatever the policy does (raise, hang, return garbage), the loop records a fallback and the
-sample keeps its current prompt: a generation is never broken by the policy.
+sample keeps its current prompt: a generation is never broken by the policy. Every refinement,
+whichever backend produced it, passes :func:`~promptloop.policies.parsing.prompt_problem` before
+it is applied (empty or whitespace, longer than ``max_prompt_chars``, control characters or not a
+string: a fallback with that reason in the trace).
 """
 
 from __future__ import annotations
@@ -31,12 +40,13 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
 
 from promptloop.policies.base import Policy
+from promptloop.policies.parsing import DEFAULT_MAX_PROMPT_CHARS, prompt_problem
 from promptloop.refinement import Fallback, Observation, Refinement
 from promptloop.schedule import RefineSchedule
 from promptloop.trace import Trace, TraceEntry
@@ -111,6 +121,8 @@ class RefineLoop:
             (waiting for it there if needed). ``None``: apply at the first step after arrival.
         keep_previews: keep preview images in the trace (turn off for long training runs).
         keep_history: show the policy the sample's earlier prompts.
+        max_prompt_chars: longest refined prompt accepted; ``None``: the policy's own
+            ``max_prompt_chars`` when it has one, else 600.
     """
 
     def __init__(
@@ -123,6 +135,7 @@ class RefineLoop:
         async_delay: int | None = None,
         keep_previews: bool = True,
         keep_history: bool = True,
+        max_prompt_chars: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -137,6 +150,9 @@ class RefineLoop:
         self.async_delay = async_delay
         self.keep_previews = keep_previews
         self.keep_history = keep_history
+        if max_prompt_chars is None:
+            max_prompt_chars = getattr(policy, "max_prompt_chars", None) or DEFAULT_MAX_PROMPT_CHARS
+        self.max_prompt_chars = int(max_prompt_chars)
         self.trace = Trace()
         self.refine_steps: list[int] = []
         self.num_steps = 0
@@ -225,9 +241,11 @@ class RefineLoop:
             refinements = self._refine_now(observations)
             changes = self._apply(step, step, observations, refinements, images)
         elif self.mode == "async":
+            # Arrivals first, so that this step's request sees the newest prompt in force.
+            changes = self._collect(step)
             if step in self.refine_steps:
                 self._submit(step, timestep, previews)
-            changes = self._collect(step)
+                changes.update(self._collect(step))  # async_delay=0, or an instant answer
         elif self.mode == "ahead" and step in self._plan:
             refinements = self._plan.pop(step)
             observations = [Observation(self.trace.original_prompts[i], self.current[i], step, self.num_steps,
@@ -297,10 +315,24 @@ class RefineLoop:
             ref.latency_s = latency
         return refinements
 
+    def _checked(self, ref: Refinement, kept: str) -> Refinement:
+        """``ref`` if its text may condition the sampler, else a fallback that keeps ``kept``
+        (token ids and log-probs stay: for training, a rejected answer is still an action)."""
+        if ref.fallback is None:
+            problem = prompt_problem(ref.text, max_chars=self.max_prompt_chars)
+            if problem is None:
+                return ref
+            raw = ref.raw_text if ref.raw_text is not None else (ref.text if isinstance(ref.text, str) else None)
+            error = None if isinstance(ref.text, str) else f"refinement text is a {type(ref.text).__name__}, not a str"
+            return replace(ref, text=kept, fallback=problem, raw_text=raw, error=ref.error or error)
+        return ref if ref.text == kept else replace(ref, text=kept)
+
     def _apply(self, step, applied_step, observations, refinements, images) -> dict[int, str]:
+        """Validate and record each refinement; apply those that pass to the prompts in force."""
         changes: dict[int, str] = {}
         for obs, ref, image in zip(observations, refinements, images):
             i = obs.sample_index
+            ref = self._checked(ref, self.current[i])
             took_effect = ref.fallback is None
             self._record(step, applied_step if took_effect else None, obs, ref, image)
             if took_effect and ref.text != self.current[i]:
@@ -370,12 +402,8 @@ class RefineLoop:
             latency = time.perf_counter() - request.submitted
             for ref in refinements:
                 ref.latency_s = ref.latency_s or latency
-            # The request saw the prompts of its own step; re-base on the prompts now in force.
-            for obs in request.observations:
-                obs.current_prompt = self.current[obs.sample_index]
-            for ref, obs in zip(refinements, request.observations):
-                if ref.fallback is not None:
-                    ref.text = obs.current_prompt
+            # The observations stay as the policy saw them (the trace's prompt_before); a
+            # fallback keeps the prompt in force now, which _apply puts in its text.
             changes.update(self._apply(request.step, step, request.observations, refinements, request.previews))
         return changes
 

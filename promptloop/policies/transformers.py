@@ -62,7 +62,7 @@ class TransformersPolicy(GenerativePolicy):
         """Load a policy from a local directory or a hub id, optionally with a peft LoRA adapter."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from promptloop.backbones.loading import default_device, resolve_dtype
+        from promptloop.devices import default_device, resolve_dtype
 
         device = device or default_device()
         torch_dtype = resolve_dtype(dtype if dtype is not None else ("bfloat16" if str(device).startswith("cuda") else None), device)
