@@ -677,7 +677,7 @@ def test_ui_workflow_in_the_browser(comfy, browser):
 
     # the whole graph is on screen at the view the workflow opens with
     scale, (ox, oy) = page["ds"]["scale"], page["ds"]["offset"]
-    left, top, width, height = page["canvas"]
+    width, height = page["canvas"][2:]
     for node in nodes.values():
         bx, by, bw, bh = node["bounding"]
         assert (bx + ox) * scale >= 0 and (by + oy) * scale >= 0, node["type"]
