@@ -37,10 +37,11 @@ def exercise(policy_dir: str, adapter_dir: str) -> None:
     builtins.__import__ = _recording_import
     try:
         import promptloop.comfy_nodes as pack
-        from promptloop import RefineLoop
         from promptloop.comfy_nodes.comfy_backend import PromptEncoder
         from promptloop.comfy_nodes.nodes import images_to_pil
         from promptloop.comfy_nodes.segments import run_segmented
+
+        from promptloop import RefineLoop
         from promptloop.refinement import Observation
 
         nodes = {name: cls() for name, cls in pack.NODE_CLASS_MAPPINGS.items()}

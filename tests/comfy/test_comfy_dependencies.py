@@ -15,13 +15,12 @@ import json
 import re
 import subprocess
 import sys
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
 from promptloop.comfy_nodes.install import library_requirement
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -10,8 +10,6 @@ import types
 
 import pytest
 from comfy_fakes import FakeBackend, FakeCLIP
-
-from promptloop import RefineLoop, StaticPolicy
 from promptloop.comfy_nodes.comfy_backend import PromptEncoder
 from promptloop.comfy_nodes.install import library_requirement
 from promptloop.comfy_nodes.nodes import (
@@ -23,6 +21,7 @@ from promptloop.comfy_nodes.nodes import (
 )
 from promptloop.comfy_nodes.segments import run_segmented
 
+from promptloop import RefineLoop, StaticPolicy
 
 
 def sample(policy, schedule: str, steps: int = 6, batch: int = 1, mode: str = "sync"):
@@ -68,9 +67,11 @@ def test_raising_policy_is_reported_once_per_reason(caplog):
 
     with caplog.at_level(logging.WARNING, logger="promptloop"):
         trace = sample(StaticPolicy(broken), "2")
+    assert [e.fallback for e in trace.entries] == ["error"]
     summary = [w for w in _promptloop_warnings(caplog) if w.startswith("PromptLoop Sampler")]
-    assert summary == ["PromptLoop Sampler: the policy's answer was not used at step 2 of 0-5 (sample 0): "
-                       "error: RuntimeError: CUDA out of memory; the prompt was kept"]
+    expected = ("PromptLoop Sampler: the policy's answer was not used at step 2 of 0-5 (sample 0): "
+                "error: RuntimeError: CUDA out of memory; the prompt was kept")
+    assert summary == [expected]
 
 
 def test_a_working_policy_writes_no_warning_and_no_red(caplog):
@@ -149,7 +150,7 @@ def test_unknown_policy_name_says_where_it_looked(comfy_folders):
 
 
 def test_policy_and_adapter_found_by_name(comfy_folders, tiny_policy_dir):
-    default, extra = comfy_folders
+    _, extra = comfy_folders
     extra.mkdir(parents=True)
     (extra / "tiny").symlink_to(tiny_policy_dir, target_is_directory=True)
     (policy,) = PromptLoopLoadPolicy().load("tiny", "transformers", "", "cpu", "auto", 8, 0.0)
