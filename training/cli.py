@@ -11,7 +11,8 @@ from pathlib import Path
 
 import typer
 
-from promptloop.training.config import GRPOConfig, field_help, load_config
+from promptloop.training.config import GRPOConfig, field_help
+from promptloop.training.launch import run_trainer
 
 app = typer.Typer(
     name="train",
@@ -50,22 +51,7 @@ def grpo(
 
     Several processes or GPUs: run this module with `accelerate launch`.
     """
-    import yaml
-
-    extra = list(overrides)
-    if resume:
-        extra.append(f"resume_from_checkpoint={resume}")
-    try:
-        cfg = load_config(GRPOConfig, config, extra)
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from None
-    if print_config:
-        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        return
-    from promptloop.training.grpo.trainer import GRPOTrainer
-
-    adapter = GRPOTrainer(cfg).train()
-    typer.echo(f"adapter written to {adapter}")
+    run_trainer(GRPOConfig, "promptloop.training.grpo.trainer:GRPOTrainer", config, overrides, resume, print_config)
 
 
 grpo.__doc__ = inspect.cleandoc(grpo.__doc__ or "") + "\n\nConfig fields (defaults): " + field_help(GRPOConfig)

@@ -6,34 +6,15 @@ from pathlib import Path
 
 import typer
 
-from promptloop.training.config import field_help, load_config
+from promptloop.training.config import field_help
 from promptloop.training.diffusion.config import B2Config, DDPOConfig
+from promptloop.training.launch import run_trainer
 
 _SET_HELP = ("Override a config field, repeatable: --set learning_rate=1e-4 --set max_steps=20 "
              "--set cfg=false. Values are read as YAML.")
 
 
-def _run(cls, trainer_path: str, config: Path | None, overrides: list[str], resume: str | None,
-         print_config: bool) -> None:
-    import importlib
-
-    import yaml
-
-    extra = list(overrides)
-    if resume:
-        extra.append(f"resume_from_checkpoint={resume}")
-    try:
-        cfg = load_config(cls, config, extra)
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from None
-    if print_config:
-        typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        return
-    module, name = trainer_path.split(":")
-    trainer = getattr(importlib.import_module(module), name)(cfg)
-    adapter = trainer.train()
-    typer.echo(f"adapter written to {adapter} (load it with pipe.load_lora_weights('{adapter}'))")
-
+_LOAD_HINT = " (load it with pipe.load_lora_weights('{adapter}'))"
 
 ConfigOpt = typer.Option(None, "--config", "-c", exists=True, dir_okay=False,
                          help="YAML file of config fields (e.g. training/configs/ddpo_tiny.yaml).")
@@ -55,7 +36,8 @@ def ddpo(config: Path = ConfigOpt, overrides: list[str] = SetOpt, resume: str = 
 
     Several processes or GPUs: accelerate launch -m promptloop.training.cli ddpo --config FILE.
     """
-    _run(DDPOConfig, "promptloop.training.diffusion.ddpo:DDPOTrainer", config, overrides, resume, print_config)
+    run_trainer(DDPOConfig, "promptloop.training.diffusion.ddpo:DDPOTrainer", config, overrides, resume,
+                print_config, load_hint=_LOAD_HINT)
 
 
 def b2(config: Path = ConfigOpt, overrides: list[str] = SetOpt, resume: str = ResumeOpt,
@@ -69,7 +51,8 @@ def b2(config: Path = ConfigOpt, overrides: list[str] = SetOpt, resume: str = Re
     (z < neg_threshold) sibling, and train the steps from the branch point on with DDPO-IS
     (clip_range 0.1, advantages clipped at adv_clip_max, no KL). Outputs as for `train ddpo`.
     """
-    _run(B2Config, "promptloop.training.diffusion.b2:B2Trainer", config, overrides, resume, print_config)
+    run_trainer(B2Config, "promptloop.training.diffusion.b2:B2Trainer", config, overrides, resume,
+                print_config, load_hint=_LOAD_HINT)
 
 
 ddpo.__doc__ = (ddpo.__doc__ or "") + "\n\nConfig fields (defaults): " + field_help(DDPOConfig)
