@@ -5,7 +5,8 @@
 
 or from Python: ``from promptloop.comfy_nodes.install import install``. The pack imports the
 ``promptloop`` library, so that must be installed into the Python that runs ComfyUI too
-(``/path/to/ComfyUI/.venv/bin/python -m pip install promptloop``); the command checks it.
+(``/path/to/ComfyUI/.venv/bin/python -m pip install "promptloop[vision]"``, the line in
+``requirements.txt``); the command checks it.
 
 When ComfyUI-Manager installs the pack from the registry it runs this file as a script in the
 pack folder: then it only reports whether ``promptloop`` is importable (the library comes from
@@ -33,6 +34,19 @@ _IGNORE = shutil.ignore_patterns("__pycache__", "*.pyc", ".pytest_cache")
 def pack_source() -> Path:
     """The folder holding the node pack (this file's folder)."""
     return Path(__file__).resolve().parent
+
+
+def library_requirement() -> str:
+    """What ComfyUI's Python must install for the nodes: the pack's ``requirements.txt`` line."""
+    for line in (pack_source() / "requirements.txt").read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("promptloop"):
+            return line
+    raise RuntimeError(f"{pack_source() / 'requirements.txt'} names no promptloop requirement")
+
+
+def _pip_install(python: str | os.PathLike) -> str:
+    return f'{python} -m pip install "{library_requirement()}"'
 
 
 def is_comfyui_dir(path: str | os.PathLike) -> bool:
@@ -163,14 +177,14 @@ if typer is not None:
         python = python or find_comfyui_python(comfyui)
         if python is None:
             typer.echo("could not find ComfyUI's Python; make sure it can `import promptloop` "
-                       "(e.g. <ComfyUI python> -m pip install promptloop), then restart ComfyUI.")
+                       f"(e.g. {_pip_install('<ComfyUI python>')}), then restart ComfyUI.")
             return
         ok, detail = library_importable(python)
         if ok:
             typer.echo(f"{python} imports promptloop {detail}: restart ComfyUI and look for the 'PromptLoop' category.")
         else:
             typer.secho(f"{python} cannot import promptloop ({detail}). Install it there:\n"
-                        f"  {python} -m pip install promptloop", fg=typer.colors.YELLOW)
+                        f"  {_pip_install(python)}", fg=typer.colors.YELLOW)
 else:  # pragma: no cover
     comfy_app = None
 
@@ -181,7 +195,7 @@ def _registry_post_install() -> int:
     if ok:
         print(f"PromptLoop nodes: promptloop {detail} is importable.")
         return 0
-    print(f"PromptLoop nodes: `import promptloop` failed ({detail}); run: {sys.executable} -m pip install promptloop")
+    print(f"PromptLoop nodes: `import promptloop` failed ({detail}); run: {_pip_install(sys.executable)}")
     return 0
 
 

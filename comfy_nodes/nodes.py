@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from typing import Any
 
 from .comfy_backend import PREVIEW_MODES
@@ -39,23 +40,48 @@ def _sampler_lists() -> tuple[list[str], list[str]]:
         return list(_FALLBACK_SAMPLERS), list(_FALLBACK_SCHEDULERS)
 
 
+def policy_folders() -> list[str]:
+    """Where ``Load PromptLoop Policy`` looks for a policy or adapter given by name.
+
+    ``ComfyUI/models/promptloop/`` (registered with ``folder_paths`` as ``promptloop``, so that
+    ``extra_model_paths.yaml`` may add more); empty outside ComfyUI.
+    """
+    try:
+        import folder_paths
+    except ImportError:  # outside ComfyUI
+        return []
+    default = os.path.join(folder_paths.models_dir, MODEL_FOLDER)
+    register = getattr(folder_paths, "add_model_folder_path", None)
+    if register is None:  # an older ComfyUI
+        return [default]
+    register(MODEL_FOLDER, default)
+    return list(folder_paths.get_folder_paths(MODEL_FOLDER))
+
+
 def resolve_policy_path(spec: str) -> str:
-    """A local path as given, or ``ComfyUI/models/promptloop/<spec>``, or the spec (a hub id)."""
+    """A local path as given, or ``<a folder of policy_folders()>/<spec>``, or the spec (a hub id)."""
     spec = spec.strip()
     if not spec:
         raise ValueError("policy: give a local directory, a name under models/promptloop/, or a hub id")
     expanded = os.path.expanduser(spec)
     if os.path.exists(expanded):
         return expanded
-    try:
-        import folder_paths
-
-        candidate = os.path.join(folder_paths.models_dir, MODEL_FOLDER, spec)
+    for folder in policy_folders():
+        candidate = os.path.join(folder, spec)
         if os.path.exists(candidate):
             return candidate
-    except Exception:  # noqa: BLE001 - outside ComfyUI
-        pass
     return spec
+
+
+def not_found_error(what: str, spec: str, exc: BaseException) -> FileNotFoundError:
+    """The error for a policy/adapter name that is neither local nor loadable from the hub."""
+    searched = [os.path.abspath(os.path.expanduser(spec))] + [os.path.join(f, spec) for f in policy_folders()]
+    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return FileNotFoundError(
+        f"{what} {spec!r} not found. Searched: {', '.join(searched)}. Put a policy saved with save_pretrained "
+        f"in ComfyUI/models/{MODEL_FOLDER}/<name>, or give a directory; as a Hugging Face hub id it could not "
+        f"be loaded either ({type(exc).__name__}: {cause[:300]})."
+    )
 
 
 def _comfy_device(choice: str) -> str | None:
@@ -122,12 +148,22 @@ class PromptLoopLoadPolicy:
         from promptloop.policies import SamplingConfig, load_policy
 
         sampling = SamplingConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
+        policy_path = resolve_policy_path(policy)
         adapter_path = resolve_policy_path(adapter) if adapter.strip() else None
         kwargs: dict[str, Any] = {"backend": backend, "adapter": adapter_path, "sampling": sampling}
         if backend == "transformers":
             kwargs["device"] = _comfy_device(device)
             kwargs["dtype"] = None if dtype == "auto" else dtype
-        loaded = load_policy(resolve_policy_path(policy), **kwargs)
+        try:
+            loaded = load_policy(policy_path, **kwargs)
+        except Exception as exc:
+            # A name found nowhere locally was tried as a hub id: say where we looked, not only
+            # that the hub could not be reached.
+            if not os.path.exists(policy_path):
+                raise not_found_error("policy", policy.strip(), exc) from exc
+            if adapter_path is not None and not os.path.exists(adapter_path):
+                raise not_found_error("adapter", adapter.strip(), exc) from exc
+            raise
         return (loaded,)
 
 
@@ -174,6 +210,13 @@ class PromptLoopRemotePolicy:
         url = url.strip()
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        try:
+            import httpx  # noqa: F401 - the clients' transport; fail here, not silently at every refinement
+        except ImportError as exc:
+            from .install import library_requirement
+
+            raise ImportError(f"the Remote Policy node needs httpx, which ComfyUI's Python lacks: run "
+                              f"{sys.executable} -m pip install \"{library_requirement()}\"") from exc
         key = api_key.strip() or None
         if protocol == "promptloop":
             return (load_policy(url, backend="http", api_key=key, timeout_s=float(timeout_s)),)
@@ -183,8 +226,9 @@ class PromptLoopRemotePolicy:
 class ScriptedPolicy:
     """A policy with no model: line ``n`` of a template is the ``n``-th refinement of each sample.
 
-    Placeholders: ``{original}``, ``{current}``, ``{step}`` (1-based), ``{num_steps}``, ``{n}``
-    (refinement number, 1-based). Once the lines run out the last one repeats.
+    Placeholders: ``{original}``, ``{current}``, ``{step}`` (the step just finished, 0-based as
+    in schedules and traces), ``{num_steps}``, ``{n}`` (refinement number, counted from 1). Once
+    the lines run out the last one repeats.
     """
 
     def __init__(self, template: str) -> None:
@@ -197,7 +241,7 @@ class ScriptedPolicy:
         n = len(obs.history)
         line = self.lines[min(n, len(self.lines) - 1)]
         return line.format_map(_Defaults(original=obs.original_prompt, current=obs.current_prompt,
-                                         step=obs.step + 1, num_steps=obs.num_steps, n=n + 1))
+                                         step=obs.step, num_steps=obs.num_steps, n=n + 1))
 
     def refine(self, observations):
         return self._static.refine(observations)
@@ -222,7 +266,8 @@ class PromptLoopScriptedPolicy:
                     "multiline": True,
                     "default": "{current}, detailed\n{current}, sharp focus, soft light",
                     "tooltip": "One line per refinement: line n becomes the prompt at the n-th refinement. "
-                               "Placeholders: {original}, {current}, {step}, {num_steps}, {n}.",
+                               "Placeholders: {original}, {current}, {step} (0-based, as in the schedule), "
+                               "{num_steps}, {n} (1 for the first refinement).",
                 }),
             }
         }
@@ -276,7 +321,9 @@ class PromptLoopSampler:
                 "schedule": ("STRING", {
                     "default": "evenly:3",
                     "tooltip": "When to refine: fractions of the trajectory '0.2,0.4,0.6', step indices '5,10,15' "
-                               "(0-based, refine after that step), 'evenly:N', 'every:K' or 'none'.",
+                               "(0-based, refine after that step; the last step never refines), 'evenly:N', "
+                               "'every:K' or 'none'. Steps outside the run are reported on the console and in "
+                               "the trace.",
                 }),
                 "mode": (list(LOOP_MODES), {
                     "default": "sync",
@@ -410,7 +457,7 @@ class PromptLoopTrace:
     def show(self, trace, thumb_size=128, save=True, filename_prefix="promptloop/trace", images=None):
         finals = images_to_pil(images)
         strip = trace.render_strip(thumb=int(thumb_size), images=finals or None)
-        text = trace.to_text()
+        text = "".join(f"warning: {w}\n" for w in trace.meta.get("warnings", [])) + trace.to_text()
         ui: dict[str, list] = {"text": [text], "promptloop_trace": [trace_summary(trace)]}
         try:
             ui["images"] = [self._save(trace, strip, filename_prefix, save)]

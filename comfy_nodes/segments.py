@@ -22,22 +22,27 @@ ComfyUI side (noise, sigmas, ``comfy.sample.sample``, previews, CLIP) is in ``co
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from promptloop.schedule import segments as schedule_segments
+from promptloop.trace import step_label
 
 __all__ = [
     "ASYNC_ON_ARRIVAL",
     "SegmentBackend",
     "SegmentRecord",
     "SegmentedRun",
+    "fallback_warnings",
     "fixed_boundaries",
     "has_pending",
     "run_segmented",
 ]
+
+logger = logging.getLogger("promptloop")
 
 ASYNC_ON_ARRIVAL = -1  # the sampler node's ``async_delay`` value meaning "apply when it arrives"
 
@@ -141,6 +146,10 @@ def run_segmented(
     """
     check = check_interrupt or (lambda: None)
     run = SegmentedRun()
+    schedule = getattr(loop, "schedule", None)
+    notes = list(schedule.warnings(num_steps)) if hasattr(schedule, "warnings") else []
+    for note in notes:
+        logger.warning("PromptLoop Sampler: %s", note)
     loop.start(list(prompts), num_steps, meta=meta)
     try:
         current = list(prompts)
@@ -192,7 +201,32 @@ def run_segmented(
         encode_s=round(run.encode_s, 4),
         sample_s=round(run.sample_s, 4),
     )
+    if notes:
+        trace.meta["warnings"] = notes
+    for line in fallback_warnings(trace):
+        logger.warning("PromptLoop Sampler: %s", line)
     return trace, run
+
+
+def fallback_warnings(trace: Any) -> list[str]:
+    """One sentence per distinct reason a refinement was not used (for the ComfyUI console).
+
+    Policy failures never break a generation, so without this they would show only in the
+    trace: a remote policy that cannot connect, a missing dependency, a time-out.
+    """
+    groups: dict[tuple[str, str], list[Any]] = {}
+    for entry in trace.entries:
+        if entry.fallback is not None:
+            groups.setdefault((entry.fallback, entry.error or ""), []).append(entry)
+    lines = []
+    for (reason, error), entries in groups.items():
+        steps = sorted({e.step for e in entries})
+        samples = sorted({e.sample_index for e in entries})
+        where = ", ".join(step_label(s, entries[0].num_steps) for s in steps)
+        who = f"sample {samples[0]}" if len(samples) == 1 else f"samples {', '.join(map(str, samples))}"
+        lines.append(f"the policy's answer was not used at {where} ({who}): {reason}"
+                     f"{': ' + error if error else ''}; the prompt was kept")
+    return lines
 
 
 def expected_segments(refine_steps: Sequence[int], num_steps: int) -> list[tuple[int, int]]:

@@ -1,7 +1,14 @@
-"""The ``promptloop`` command line: ``demo``, ``generate``, ``serve``, ``comfy install``."""
+"""The ``promptloop`` command line: ``demo``, ``generate``, ``trace``, and the surfaces built on
+the library: ``serve`` (the sidecar), ``comfy`` (the ComfyUI pack) and ``train`` (the trainers).
+
+The surfaces are registered lazily: importing this module (or running ``promptloop --help``)
+imports none of ``promptloop.server``, ``promptloop.comfy_nodes`` or ``promptloop.training``;
+each is imported when its command runs.
+"""
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import os
@@ -11,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Annotated, Optional
 
+import click
 import typer
 
 app = typer.Typer(
@@ -72,6 +80,9 @@ def _write_outputs(out: Path, images, hook, meta: dict) -> None:
 @app.command()
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images and the trace.")] = Path("promptloop-demo"),
+    world: Annotated[str, typer.Option(
+        help="shapes: ShapesWorld's shipped backbone and policy, with exact rewards before/after; "
+             "random: tiny random-weight models (--family, --preview, --size, --policy-steps apply).")] = "shapes",
     family: Annotated[str, typer.Option(help="Tiny backbone family: sd, sdxl, sd3 or flux.")] = "sd",
     prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
@@ -85,15 +96,27 @@ def demo(
              "whose output is rejected as garbage; the trace then shows the fallbacks).")] = 300,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the loop on tiny models built in code (real classes, no download).
+    """Run the loop on ShapesWorld (default) or on tiny random models built in code (no download).
 
-    It builds a tiny diffusion pipeline (random weights) and a tiny Qwen2-VL policy, which it
+    ShapesWorld (--world shapes): a small Stable Diffusion pipeline trained here on images of
+    coloured shapes, and a tiny Qwen2-VL policy supervised to restate prompts explicitly, both
+    shipped with the package. Each prompt is sampled without and with the policy from the same
+    noise, and the exact reward of both images is printed and shown on the trace page.
+
+    Random models (--world random): it builds a tiny diffusion pipeline (random weights) and a tiny Qwen2-VL policy, which it
     first teaches, in about 40 s on a CPU (cached under ~/.cache/promptloop), to answer with the
     current prompt plus a style phrase. Both are saved with save_pretrained and loaded back
     through the same code real checkpoints use. The images and the trace (JSON, HTML page, PNG
     strip) go to --out. The diffusion model is random: the point is to see the loop.
     """
     _setup_logging(verbose)
+    if world == "shapes":
+        from promptloop.worlds.shapes.demo import run_demo
+
+        run_demo(out, prompts=prompt, steps=steps, schedule=schedule, mode=mode, seed=seed, echo=typer.echo)
+        return
+    if world != "random":
+        raise typer.BadParameter(f"unknown world {world!r}: choose shapes or random", param_hint="--world")
     import torch
 
     from promptloop import PromptLoopHook
@@ -179,7 +202,8 @@ def generate(
     import torch
 
     from promptloop import PromptLoopHook
-    from promptloop.backbones import default_device, load_pipeline
+    from promptloop.backbones import load_pipeline
+    from promptloop.devices import default_device
     from promptloop.policies import SamplingConfig, load_policy
 
     device = device or default_device()
@@ -221,23 +245,67 @@ def trace(
     typer.echo(json.dumps(loaded.to_dict(), indent=2) if as_json else loaded.to_text())
 
 
-def _register_optional_commands() -> None:
-    """Commands whose code lives in optional parts of the package (sidecar, ComfyUI pack)."""
-    try:
-        from promptloop.server.cli import serve
-    except ImportError:
-        serve = None
-    if serve is not None:
-        app.command(name="serve", help=serve.__doc__)(serve)
-    try:
-        from promptloop.comfy_nodes.install import comfy_app
-    except ImportError:
-        comfy_app = None
-    if comfy_app is not None:
-        app.add_typer(comfy_app, name="comfy", help="Install the PromptLoop node pack into ComfyUI.")
+# -- surfaces: imported when their command runs ------------------------------------------------
+# (name, "module:attribute" of a typer app or command function, one-line help, pip extra)
+SURFACES: tuple[tuple[str, str, str, str | None], ...] = (
+    ("serve", "promptloop.server.cli:serve",
+     "Run the HTTP sidecar: a policy behind POST /refine and /plan (see `promptloop serve --help`).", "server"),
+    ("comfy", "promptloop.comfy_nodes.install:comfy_app",
+     "Install the PromptLoop node pack into ComfyUI (`promptloop comfy install --help`).", None),
+    ("train", "promptloop.training.cli:app",
+     "Train the policy (GRPO) or the backbone (DDPO, B2-DiffuRL) from a YAML config.", "train"),
+)
+# Everything after the command name goes to the surface's own command, --help included.
+_PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
 
 
-_register_optional_commands()
+class SurfaceUnavailable(RuntimeError):
+    """A surface's command cannot be imported (not installed, or a dependency missing)."""
+
+
+def _surface_command(name: str, target: str, extra: str | None) -> click.Command:
+    """Import ``module:attribute`` and return it as a click command.
+
+    Raises :class:`SurfaceUnavailable`, saying what to install, when it cannot.
+    """
+    module_name, attr = target.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing and (module_name == missing or module_name.startswith(missing + ".")):
+            raise SurfaceUnavailable(
+                f"`promptloop {name}` is not available: {module_name} is not part of this installation "
+                "of promptloop (reinstall or upgrade promptloop to get it).") from None
+        hint = f": pip install \"promptloop[{extra}]\"" if extra else ""
+        raise SurfaceUnavailable(f"`promptloop {name}` needs the package {missing!r}, which is not "
+                                   f"installed{hint}") from None
+    obj = getattr(module, attr, None)
+    if isinstance(obj, typer.Typer):
+        return typer.main.get_command(obj)
+    if isinstance(obj, click.Command):
+        return obj
+    if callable(obj):  # a typer-style command function
+        single = typer.Typer(add_completion=False)
+        single.command(name=name, help=obj.__doc__)(obj)
+        return typer.main.get_command(single)
+    raise SurfaceUnavailable(f"`promptloop {name}` is not available: {target} is not a command")
+
+
+def _register_surface(name: str, target: str, help_text: str, extra: str | None) -> None:
+    @app.command(name, help=help_text, context_settings=_PASS_THROUGH, add_help_option=False)
+    def run_surface(ctx: typer.Context) -> None:
+        try:
+            command = _surface_command(name, target, extra)
+        except SurfaceUnavailable as exc:
+            typer.secho(f"error: {exc}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(1) from None
+        with command.make_context(ctx.info_name, list(ctx.args), parent=ctx.parent) as sub:
+            command.invoke(sub)
+
+
+for _surface in SURFACES:
+    _register_surface(*_surface)
 
 
 def main() -> None:  # pragma: no cover - console entry point

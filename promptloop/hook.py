@@ -30,42 +30,14 @@ import torch
 from diffusers.callbacks import PipelineCallback
 
 from promptloop.backbones import BackboneAdapter, adapter_for
+from promptloop.capture import SchedulerCapture
 from promptloop.loop import RefineLoop
 from promptloop.policies.base import Policy
-from promptloop.preview import PreviewDecoder, StepCapture, make_preview_decoder, predicted_x0, previews_from_latents
+from promptloop.preview import PreviewDecoder, make_preview_decoder, previews_from_latents
 from promptloop.schedule import RefineSchedule
 from promptloop.trace import Trace
 
 logger = logging.getLogger("promptloop")
-
-
-class _SchedulerCapture:
-    """Wraps ``scheduler.step`` on one scheduler instance to keep its latest inputs and output."""
-
-    def __init__(self, scheduler: Any) -> None:
-        self.scheduler = scheduler
-        self.original = scheduler.step
-        self.latest: StepCapture | None = None
-        self.seq = 0
-
-        def step(model_output, timestep, sample, *args, **kwargs):
-            index = getattr(scheduler, "step_index", None)
-            out = self.original(model_output, timestep, sample, *args, **kwargs)
-            self.latest = StepCapture(model_output, timestep, sample, out, index)
-            self.seq += 1
-            return out
-
-        step._promptloop_capture = self  # type: ignore[attr-defined]
-        self.wrapper = step
-        scheduler.step = step
-
-    def remove(self) -> None:
-        if self.scheduler.__dict__.get("step") is self.wrapper:
-            if getattr(self.original, "__self__", None) is self.scheduler:
-                del self.scheduler.__dict__["step"]  # back to the class method
-            else:
-                self.scheduler.step = self.original
-        self.latest = None
 
 
 def _calling_pipeline_frame(pipeline: Any = None, max_depth: int = 16):
@@ -120,6 +92,8 @@ class PromptLoopHook(PipelineCallback):
             ``prompt_embeds`` instead of ``prompt``.
         keep_previews: keep previews in the trace (turn off for long training rollouts).
         keep_history: show the policy each sample's earlier prompts.
+        max_prompt_chars: longest refined prompt accepted (longer ones fall back as
+            ``too_long``); ``None``: the policy's own limit, else 600.
 
     After the pipeline call, :attr:`trace` holds every refinement (step, timestep, preview,
     prompt before and after, fallback reason, latency).
@@ -139,11 +113,12 @@ class PromptLoopHook(PipelineCallback):
         prompt: str | Sequence[str] | None = None,
         keep_previews: bool = True,
         keep_history: bool = True,
+        max_prompt_chars: int | None = None,
     ) -> None:
         super().__init__(cutoff_step_ratio=1.0)
         self.loop = RefineLoop(
             policy, schedule, mode=mode, timeout_s=timeout_s, async_delay=async_delay,
-            keep_previews=keep_previews, keep_history=keep_history,
+            keep_previews=keep_previews, keep_history=keep_history, max_prompt_chars=max_prompt_chars,
         )
         if isinstance(preview, str) and preview not in ("vae", "taesd", "linear"):
             raise ValueError(f"unknown preview {preview!r}; choose 'vae', 'taesd' or 'linear'")
@@ -152,7 +127,8 @@ class PromptLoopHook(PipelineCallback):
         self.taesd = taesd
         self.prompt = prompt
         self._decoders: dict[int, PreviewDecoder] = {}
-        self._capture: _SchedulerCapture | None = None
+        self._capture: SchedulerCapture | None = None
+        self._owns_capture = False  # False when the capture was there before (e.g. a trainer's)
         self._run: _Run | None = None
         self._new_run = True
         self._last_step = -1
@@ -270,21 +246,27 @@ class PromptLoopHook(PipelineCallback):
             trace.meta.update(preview_s=round(run.preview_s, 4), encode_s=round(run.encode_s, 4))
         self._trace = trace
         self._run = None
-        if self._capture is not None:
-            self._capture.remove()
-            self._capture = None
+        self._drop_capture()
 
     def _install_capture(self, pipeline: Any) -> None:
+        """Watch the pipeline's scheduler steps (for x0 previews), reusing a capture already
+        installed there by the caller, e.g. a trainer recording the trajectory."""
         scheduler = getattr(pipeline, "scheduler", None)
         if scheduler is None:
             return
-        existing = getattr(scheduler.__dict__.get("step"), "_promptloop_capture", None)
+        existing = SchedulerCapture.on(scheduler)
         if existing is not None:
-            self._capture = existing
+            if existing is not self._capture:
+                self._drop_capture()
+                self._capture, self._owns_capture = existing, False
             return
-        if self._capture is not None:
+        self._drop_capture()
+        self._capture, self._owns_capture = SchedulerCapture(scheduler), True
+
+    def _drop_capture(self) -> None:
+        if self._capture is not None and self._owns_capture:
             self._capture.remove()
-        self._capture = _SchedulerCapture(scheduler)
+        self._capture, self._owns_capture = None, False
 
     def _tensors(self, run: _Run, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         """The callback tensors, completed from the running call where the pipeline did not pass
@@ -317,7 +299,7 @@ class PromptLoopHook(PipelineCallback):
         try:
             cap = self._capture.latest if self._capture is not None else None
             if cap is not None and self._capture.seq > run.capture_seq:
-                x0, source = predicted_x0(run.pipeline.scheduler, cap)
+                x0, source = self._capture.x0(cap)
             else:
                 x0, source = callback_kwargs["latents"], "latents"
             self.loop.trace.meta.setdefault("preview_source", source)

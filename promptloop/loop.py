@@ -14,11 +14,20 @@ Modes
            goes on; its answer is applied after the first step at which it has arrived, or
            exactly ``async_delay`` steps later when that is set (deterministic: sampling waits
            there if needed). Answers that arrive after the last step are recorded, not applied.
+           Several requests may be in flight. At every step the loop first applies the answers
+           that have arrived (or are due), in request order, and only then takes the step's own
+           request, so a request sees the newest prompt in force; an answer still in flight is
+           not waited for, and the request is based on the prompt without it. Each answer, when
+           it is applied, replaces the prompt in force then. The trace's ``prompt_before`` is
+           always the prompt the policy saw.
 ``ahead``  Before the first step the policy writes the prompts for all refinement steps in one
            batched call, without previews; sampling is never interrupted.
 
 Whatever the policy does (raise, hang, return garbage), the loop records a fallback and the
-sample keeps its current prompt: a generation is never broken by the policy.
+sample keeps its current prompt: a generation is never broken by the policy. Every refinement,
+whichever backend produced it, passes :func:`~promptloop.policies.parsing.prompt_problem` before
+it is applied (empty or whitespace, longer than ``max_prompt_chars``, control characters or not a
+string: a fallback with that reason in the trace).
 """
 
 from __future__ import annotations
@@ -31,12 +40,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
 
 from promptloop.policies.base import Policy
+from promptloop.policies.messages import PLAN_SYSTEM_PROMPT, SYSTEM_PROMPT
+from promptloop.policies.parsing import DEFAULT_MAX_PROMPT_CHARS, prompt_problem
 from promptloop.refinement import Fallback, Observation, Refinement
 from promptloop.schedule import RefineSchedule
 from promptloop.trace import Trace, TraceEntry
@@ -97,6 +108,7 @@ class _AsyncRequest:
     submitted: float
     due_step: int | None
     previews: list[Image.Image | None] = field(default_factory=list)
+    snapshots: list[Observation] = field(default_factory=list)
 
 
 class RefineLoop:
@@ -111,6 +123,8 @@ class RefineLoop:
             (waiting for it there if needed). ``None``: apply at the first step after arrival.
         keep_previews: keep preview images in the trace (turn off for long training runs).
         keep_history: show the policy the sample's earlier prompts.
+        max_prompt_chars: longest refined prompt accepted; ``None``: the policy's own
+            ``max_prompt_chars`` when it has one, else 600.
     """
 
     def __init__(
@@ -123,6 +137,7 @@ class RefineLoop:
         async_delay: int | None = None,
         keep_previews: bool = True,
         keep_history: bool = True,
+        max_prompt_chars: int | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -137,17 +152,23 @@ class RefineLoop:
         self.async_delay = async_delay
         self.keep_previews = keep_previews
         self.keep_history = keep_history
+        if max_prompt_chars is None:
+            max_prompt_chars = getattr(policy, "max_prompt_chars", None) or DEFAULT_MAX_PROMPT_CHARS
+        self.max_prompt_chars = int(max_prompt_chars)
         self.trace = Trace()
         self.refine_steps: list[int] = []
+        #: Each sample's own refinement steps (random schedules differ per sample).
+        self.sample_steps: list[list[int]] = []
         self.num_steps = 0
         self.current: list[str] = []
         self.policy_calls = 0
         self._history: list[list[str]] = []
         self._pending: deque[_AsyncRequest] = deque()
-        self._plan: dict[int, list[Refinement]] = {}
+        self._plan: dict[int, dict[int, Refinement]] = {}
         self._worker: _Worker | None = None
         self._started = False
         self._prepared: tuple[list[str], list[list[Refinement]], float] | None = None
+        self._resolved: tuple[int, int, list[list[int]]] | None = None
 
     # -- run lifecycle ----------------------------------------------------------------------
     def prepare(self, prompts: Sequence[str], num_steps: int) -> None:
@@ -157,20 +178,30 @@ class RefineLoop:
         to have a different number of steps, the planned prompts are used in order.
         """
         self._prepared = None
+        sample_steps = self._resolve(len(prompts), int(num_steps))
+        self._resolved = (len(prompts), int(num_steps), sample_steps)  # start() uses the same steps
         if self.mode != "ahead":
             return
-        steps = self.schedule.resolve(int(num_steps))
-        if not steps or not prompts:
+        if not any(sample_steps) or not prompts:
             return
         start = time.perf_counter()
-        plans = self._call_plan(list(prompts), steps, int(num_steps))
+        plans = self._plan_samples(list(prompts), sample_steps, int(num_steps))
         self._prepared = (list(prompts), plans, time.perf_counter() - start)
+
+    def _resolve(self, num_samples: int, num_steps: int) -> list[list[int]]:
+        """Each sample's steps for this run: those :meth:`prepare` drew, if it was called for the
+        same batch, else drawn now (a random schedule is drawn once per run)."""
+        resolved, self._resolved = self._resolved, None
+        if resolved is not None and resolved[:2] == (num_samples, num_steps):
+            return resolved[2]
+        return self.schedule.resolve_samples(num_steps, num_samples)
 
     def start(self, prompts: Sequence[str], num_steps: int, *, meta: dict[str, Any] | None = None) -> None:
         """Begin a run of ``num_steps`` steps for ``prompts`` (one per sample)."""
         self._drop_pending()
         self.num_steps = int(num_steps)
-        self.refine_steps = self.schedule.resolve(self.num_steps)
+        self.sample_steps = self._resolve(len(prompts), self.num_steps)
+        self.refine_steps = sorted({s for steps in self.sample_steps for s in steps})
         self.current = list(prompts)
         self._history = [[] for _ in prompts]
         self._plan = {}
@@ -180,6 +211,8 @@ class RefineLoop:
             meta={"mode": self.mode, "num_steps": self.num_steps, "refine_steps": list(self.refine_steps),
                   "policy": type(self.policy).__name__, **(meta or {})},
         )
+        if self.schedule.per_sample:
+            self.trace.meta["sample_steps"] = [list(s) for s in self.sample_steps]
         self._started = True
         if self.mode == "ahead" and self.refine_steps and prompts:
             prepared, self._prepared = self._prepared, None
@@ -187,7 +220,7 @@ class RefineLoop:
                 plans, latency = prepared[1], prepared[2]
             else:
                 start = time.perf_counter()
-                plans = self._call_plan(list(prompts), self.refine_steps, self.num_steps)
+                plans = self._plan_samples(list(prompts), self.sample_steps, self.num_steps)
                 latency = time.perf_counter() - start
             self._install_plan(plans, latency)
 
@@ -220,32 +253,39 @@ class RefineLoop:
         if step >= self.num_steps - 1:  # nothing follows the last step
             return {}
         changes: dict[int, str] = {}
-        if self.mode == "sync" and step in self.refine_steps:
-            observations, images = self._observe(step, timestep, previews)
+        due = [i for i, steps in enumerate(self.sample_steps) if step in steps]
+        if self.mode == "sync" and due:
+            observations, images, snapshots = self._observe(step, timestep, previews, due)
             refinements = self._refine_now(observations)
-            changes = self._apply(step, step, observations, refinements, images)
+            changes = self._apply(step, step, observations, refinements, images, snapshots)
         elif self.mode == "async":
-            if step in self.refine_steps:
-                self._submit(step, timestep, previews)
+            # Arrivals first, so that this step's request sees the newest prompt in force.
             changes = self._collect(step)
+            if due:
+                self._submit(step, timestep, previews, due)
+                changes.update(self._collect(step))  # async_delay=0, or an instant answer
         elif self.mode == "ahead" and step in self._plan:
-            refinements = self._plan.pop(step)
+            planned = self._plan.pop(step)
+            indices = sorted(planned)
+            refinements = [planned[i] for i in indices]
             observations = [Observation(self.trace.original_prompts[i], self.current[i], step, self.num_steps,
                                         timestep=timestep, history=list(self._history[i]), sample_index=i)
-                            for i in range(len(self.current))]
-            changes = self._apply(step, step, observations, refinements, [None] * len(observations))
+                            for i in indices]
+            snapshots = [self._snapshot(o) for o in observations]
+            changes = self._apply(step, step, observations, refinements, [None] * len(observations), snapshots)
         return changes
 
     def finish(self) -> Trace:
         """End the run: answers still pending (async) are recorded as not arrived."""
         for request in self._pending:
-            for obs, image in zip(request.observations, request.previews):
+            for k, (obs, image) in enumerate(zip(request.observations, request.previews)):
                 ref = Refinement.fallback_to(obs.current_prompt, Fallback.NOT_ARRIVED)
                 if request.future.done() and request.future.exception() is None:
                     got = request.future.result()
                     if isinstance(got, list) and len(got) == len(request.observations):
-                        ref.raw_text = got[obs.sample_index if obs.sample_index < len(got) else 0].text
-                self._record(request.step, None, obs, ref, image)
+                        ref.raw_text = got[k].text
+                        ref.token_ids, ref.logprobs = got[k].token_ids, got[k].logprobs
+                self._record(request.step, None, obs, ref, image, request.snapshots[k])
         self._pending.clear()
         if self._worker is not None:
             self._worker.close()
@@ -255,9 +295,11 @@ class RefineLoop:
         return self.trace
 
     # -- internals --------------------------------------------------------------------------
-    def _observe(self, step: int, timestep: float | None, previews: PreviewSource):
+    def _observe(self, step: int, timestep: float | None, previews: PreviewSource, indices: Sequence[int]):
+        """Observations, previews and unchanged snapshots for the samples in ``indices``."""
         images = list(previews() if callable(previews) else (previews or []))
         images += [None] * (len(self.current) - len(images))
+        images = [images[i] for i in indices]
         observations = [
             Observation(
                 original_prompt=self.trace.original_prompts[i],
@@ -265,13 +307,17 @@ class RefineLoop:
                 step=step,
                 num_steps=self.num_steps,
                 timestep=timestep,
-                preview=images[i],
+                preview=image,
                 history=list(self._history[i]) if self.keep_history else [],
                 sample_index=i,
             )
-            for i in range(len(self.current))
+            for i, image in zip(indices, images)
         ]
-        return observations, images
+        return observations, images, [self._snapshot(o) for o in observations]
+
+    @staticmethod
+    def _snapshot(obs: Observation) -> Observation:
+        return replace(obs, history=list(obs.history))
 
     def _refine_checked(self, observations: list[Observation]) -> list[Refinement]:
         self.policy_calls += 1
@@ -297,19 +343,37 @@ class RefineLoop:
             ref.latency_s = latency
         return refinements
 
-    def _apply(self, step, applied_step, observations, refinements, images) -> dict[int, str]:
+    def _checked(self, ref: Refinement, kept: str) -> Refinement:
+        """``ref`` if its text may condition the sampler, else a fallback that keeps ``kept``
+        (token ids and log-probs stay: for training, a rejected answer is still an action)."""
+        if ref.fallback is None:
+            problem = prompt_problem(ref.text, max_chars=self.max_prompt_chars)
+            if problem is None:
+                return ref
+            raw = ref.raw_text if ref.raw_text is not None else (ref.text if isinstance(ref.text, str) else None)
+            error = None if isinstance(ref.text, str) else f"refinement text is a {type(ref.text).__name__}, not a str"
+            return replace(ref, text=kept, fallback=problem, raw_text=raw, error=ref.error or error)
+        return ref if ref.text == kept else replace(ref, text=kept)
+
+    def _apply(self, step, applied_step, observations, refinements, images, snapshots) -> dict[int, str]:
+        """Validate and record each refinement; apply those that pass to the prompts in force."""
         changes: dict[int, str] = {}
-        for obs, ref, image in zip(observations, refinements, images):
+        for obs, ref, image, snapshot in zip(observations, refinements, images, snapshots):
             i = obs.sample_index
+            ref = self._checked(ref, self.current[i])
             took_effect = ref.fallback is None
-            self._record(step, applied_step if took_effect else None, obs, ref, image)
+            self._record(step, applied_step if took_effect else None, obs, ref, image, snapshot)
             if took_effect and ref.text != self.current[i]:
                 self._history[i].append(self.current[i])
                 self.current[i] = ref.text
                 changes[i] = ref.text
         return changes
 
-    def _record(self, step, applied_step, obs: Observation, ref: Refinement, image) -> None:
+    def _record(self, step, applied_step, obs: Observation, ref: Refinement, image, snapshot=None) -> None:
+        plan_steps = ref.extra.get("plan_steps")
+        system_prompt = getattr(self.policy, "system_prompt", None)
+        if system_prompt is None and hasattr(self.policy, "messages_for"):
+            system_prompt = PLAN_SYSTEM_PROMPT if plan_steps is not None else SYSTEM_PROMPT
         self.trace.entries.append(
             TraceEntry(
                 sample_index=obs.sample_index,
@@ -327,17 +391,21 @@ class RefineLoop:
                 preview=image if self.keep_previews else None,
                 token_ids=ref.token_ids,
                 logprobs=ref.logprobs,
+                system_prompt=system_prompt,
+                plan_steps=plan_steps,
+                plan_index=ref.extra.get("plan_index"),
+                observation=snapshot,
             )
         )
 
     # async ------------------------------------------------------------------------------
-    def _submit(self, step: int, timestep: float | None, previews: PreviewSource) -> None:
-        observations, images = self._observe(step, timestep, previews)
+    def _submit(self, step: int, timestep: float | None, previews: PreviewSource, indices: Sequence[int]) -> None:
+        observations, images, snapshots = self._observe(step, timestep, previews, indices)
         if self._worker is None:
             self._worker = _Worker()
         due = step + self.async_delay if self.async_delay is not None else None
         future = self._worker.submit(lambda: self._refine_checked(observations))
-        self._pending.append(_AsyncRequest(step, observations, future, time.perf_counter(), due, images))
+        self._pending.append(_AsyncRequest(step, observations, future, time.perf_counter(), due, images, snapshots))
 
     def _collect(self, step: int) -> dict[int, str]:
         changes: dict[int, str] = {}
@@ -370,13 +438,10 @@ class RefineLoop:
             latency = time.perf_counter() - request.submitted
             for ref in refinements:
                 ref.latency_s = ref.latency_s or latency
-            # The request saw the prompts of its own step; re-base on the prompts now in force.
-            for obs in request.observations:
-                obs.current_prompt = self.current[obs.sample_index]
-            for ref, obs in zip(refinements, request.observations):
-                if ref.fallback is not None:
-                    ref.text = obs.current_prompt
-            changes.update(self._apply(request.step, step, request.observations, refinements, request.previews))
+            # The observations stay as the policy saw them (the trace's prompt_before); a
+            # fallback keeps the prompt in force now, which _apply puts in its text.
+            changes.update(self._apply(request.step, step, request.observations, refinements, request.previews,
+                                       request.snapshots))
         return changes
 
     def _drop_pending(self) -> None:
@@ -386,6 +451,21 @@ class RefineLoop:
             self._worker = None
 
     # ahead ------------------------------------------------------------------------------
+    def _plan_samples(self, prompts: list[str], sample_steps: list[list[int]], num_steps: int) -> list[list[Refinement]]:
+        """One plan per sample for its own steps: samples sharing their steps share a call."""
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, steps in enumerate(sample_steps):
+            if steps:
+                groups.setdefault(tuple(steps), []).append(i)
+        plans: list[list[Refinement]] = [[] for _ in prompts]
+        for steps, indices in groups.items():
+            got = self._call_plan([prompts[i] for i in indices], list(steps), num_steps)
+            for i, plan in zip(indices, got):
+                for ref in plan:
+                    ref.extra["plan_steps"] = list(steps)
+                plans[i] = plan
+        return plans
+
     def _call_plan(self, prompts: list[str], steps: list[int], num_steps: int) -> list[list[Refinement]]:
         def call() -> list[list[Refinement]]:
             self.policy_calls += 1
@@ -406,13 +486,12 @@ class RefineLoop:
                     for i, p in enumerate(prompts)]
 
     def _install_plan(self, plans: list[list[Refinement]], latency: float) -> None:
-        """Map the j-th planned prompt of every sample to the j-th refinement step of this run."""
-        for j, step in enumerate(self.refine_steps):
-            if any(j >= len(plan) for plan in plans):
-                break
-            self._plan[step] = [plan[j] for plan in plans]
-            for ref in self._plan[step]:
+        """Map the j-th planned prompt of each sample to the j-th refinement step of that sample."""
+        for i, (plan, steps) in enumerate(zip(plans, self.sample_steps)):
+            for j, (step, ref) in enumerate(zip(steps, plan)):
                 ref.latency_s = latency if j == 0 else 0.0
+                ref.extra.setdefault("plan_index", j)
+                self._plan.setdefault(step, {})[i] = ref
         self.trace.meta["plan_latency_s"] = latency
 
     def __del__(self) -> None:  # best effort: stop the worker thread

@@ -11,7 +11,8 @@ the diffusion model's latent space, shape ``(B, C, h, w)``):
   fields, regress RGB on latent channels) and cached, so it works for any VAE without
   hand-copied constants.
 
-:func:`predicted_x0` turns what a scheduler step saw into the x0 prediction the policy looks at.
+The x0 prediction itself comes from the scheduler's steps, seen through
+:mod:`promptloop.capture`.
 """
 
 from __future__ import annotations
@@ -239,57 +240,6 @@ def make_preview_decoder(
     raise ValueError(f"unknown preview kind {kind!r}; choose one of {PREVIEW_KINDS}")
 
 
-# -- x0 prediction ------------------------------------------------------------------------------
-@dataclass
-class StepCapture:
-    """What one ``scheduler.step`` call saw and returned."""
-
-    model_output: torch.Tensor
-    timestep: Any
-    sample: torch.Tensor
-    output: Any
-    step_index: int | None = None
-
-
-def predicted_x0(scheduler: Any, cap: StepCapture) -> tuple[torch.Tensor, str]:
-    """The x0 prediction of a scheduler step, and where it came from.
-
-    Uses the scheduler's own ``pred_original_sample`` when it returns one (DDIM, DDPM, Euler,
-    LMS, ...); otherwise computes it from the model output: flow matching
-    ``x0 = x_t - sigma_t * v``; epsilon / v / sample prediction from ``alphas_cumprod``.
-    Falls back to the current sample (``"latents"``) for schedulers it does not know.
-    """
-    out = cap.output
-    x0 = getattr(out, "pred_original_sample", None)
-    if x0 is None and isinstance(out, tuple) and len(out) >= 2 and isinstance(out[1], torch.Tensor):
-        if out[1].shape == cap.sample.shape:
-            x0 = out[1]
-    if x0 is not None:
-        return x0, "scheduler"
-    config = getattr(scheduler, "config", {})
-    sample, model_output = cap.sample.float(), cap.model_output.float()
-    t = cap.timestep.item() if isinstance(cap.timestep, torch.Tensor) else cap.timestep
-    if "FlowMatch" in type(scheduler).__name__ or getattr(config, "use_flow_sigmas", False):
-        sigmas = getattr(scheduler, "sigmas", None)
-        if cap.step_index is not None and sigmas is not None and cap.step_index < len(sigmas):
-            sigma = float(sigmas[cap.step_index])
-        else:
-            sigma = float(t) / float(config.get("num_train_timesteps", 1000))
-        return (sample - sigma * model_output).to(cap.sample.dtype), "flow"
-    alphas = getattr(scheduler, "alphas_cumprod", None)
-    if alphas is not None and t is not None:
-        a = alphas[int(t)].float().to(sample.device)
-        kind = config.get("prediction_type", "epsilon")
-        if kind == "epsilon":
-            x0 = (sample - (1 - a).sqrt() * model_output) / a.sqrt()
-        elif kind == "v_prediction":
-            x0 = a.sqrt() * sample - (1 - a).sqrt() * model_output
-        else:
-            x0 = model_output
-        return x0.to(cap.sample.dtype), kind
-    return cap.sample, "latents"
-
-
 def previews_from_latents(decoder: PreviewDecoder, latents: torch.Tensor, indices: Sequence[int] | None = None):
     """Decode only the samples in ``indices`` (all when None); others get ``None``."""
     n = latents.shape[0]
@@ -312,12 +262,10 @@ __all__ = [
     "LatentFormat",
     "LinearPreview",
     "PreviewDecoder",
-    "StepCapture",
     "TAESDPreview",
     "VAEPreview",
     "latent_format_for_vae",
     "make_preview_decoder",
-    "predicted_x0",
     "previews_from_latents",
     "to_pil",
     "unpack_flux_latents",

@@ -26,6 +26,7 @@ class RefineSchedule:
     every: int = 0  # a refinement every ``every`` steps
     random_count: int = 0  # refinements at random steps (the paper's training setting)
     seed: int | None = field(default=None, compare=False)
+    spec: str | None = field(default=None, compare=False)  # the text it was parsed from, for messages
 
     def __post_init__(self) -> None:
         if any(s < 0 for s in self.steps):
@@ -80,19 +81,19 @@ class RefineSchedule:
             except ValueError:
                 raise ValueError(f"bad schedule {spec!r}: {kind}: needs an integer") from None
             if kind == "every":
-                return cls(every=number)
+                return cls(every=number, spec=spec)
             if kind in ("evenly", "even", "count"):
-                return cls(count=number)
+                return cls(count=number, spec=spec)
             if kind == "random":
-                return cls(random_count=number)
+                return cls(random_count=number, spec=spec)
             raise ValueError(f"bad schedule {spec!r}: unknown kind {kind!r} (use every:, evenly:, random:)")
         if text.endswith("x") and text[:-1].isdigit():
-            return cls(count=int(text[:-1]))
+            return cls(count=int(text[:-1]), spec=spec)
         parts = [p.strip() for p in text.split(",") if p.strip()]
         try:
             if all(p.isdigit() for p in parts):
-                return cls.at_steps(int(p) for p in parts)
-            return cls.at_fractions(float(p) for p in parts)
+                return cls(steps=tuple(int(p) for p in parts), spec=spec)
+            return cls(fractions=tuple(float(p) for p in parts), spec=spec)
         except ValueError:
             raise ValueError(
                 f"bad schedule {spec!r}: use step indices '5,10', fractions '0.2,0.5', "
@@ -119,6 +120,71 @@ class RefineSchedule:
             pool = list(range(0, last + 1))
             chosen.update(rng.sample(pool, min(self.random_count, len(pool))))
         return sorted(chosen)
+
+    @property
+    def per_sample(self) -> bool:
+        """True when samples draw their own steps (random schedules)."""
+        return bool(self.random_count)
+
+    def resolve_samples(self, num_steps: int, num_samples: int) -> list[list[int]]:
+        """Step indices per sample for one run of ``num_samples`` samples.
+
+        Fixed schedules give every sample the same steps. Random schedules draw each sample's
+        own steps (the ``G`` rollouts of one prompt in one batched call refine at different
+        steps), from ``random.Random(seed)`` in sample order (fresh entropy without a seed).
+        """
+        if not self.random_count:
+            steps = self.resolve(num_steps)
+            return [list(steps) for _ in range(num_samples)]
+        rng = random.Random(self.seed)
+        fixed = RefineSchedule(self.steps, self.fractions, self.count, self.every).resolve(num_steps)
+        last = num_steps - 2
+        out = []
+        for _ in range(num_samples):
+            chosen = set(fixed)
+            if last >= 0:
+                pool = list(range(0, last + 1))
+                chosen.update(rng.sample(pool, min(self.random_count, len(pool))))
+            out.append(sorted(chosen))
+        return out
+
+    def warnings(self, num_steps: int) -> list[str]:
+        """What this schedule asks for that a run of ``num_steps`` steps cannot do, in words.
+
+        Empty when every requested refinement happens. Otherwise one sentence per problem: step
+        indices past the last refinement step (steps are 0-based; ``N - 2`` is the last that can
+        refine), a schedule that resolves to no step, more refinements asked for than the run
+        has steps, or a count of zero (``"evenly:0"``; ``"none"`` is the way to turn refinement off).
+        """
+        name = repr(self.spec) if self.spec else "the schedule"
+        num_steps = int(num_steps)
+        last = num_steps - 2
+        where = (f"a {num_steps}-step run can refine after steps 0-{last} (steps count from 0)" if last >= 0
+                 else f"a {num_steps}-step run has no step to refine at (nothing follows the last step)")
+        if not self:
+            if self.spec and self.spec.strip().lower() not in ("", "none", "off"):
+                return [f"schedule {name} asks for no refinement ({where}); write 'none' to turn refinement off"]
+            return []
+        if last < 0:
+            return [f"schedule {name}: {where}"]
+        out = []
+        late = sorted({s for s in self.steps if s > last})
+        if late:
+            out.append(f"schedule {name}: step{'s' if len(late) > 1 else ''} {', '.join(map(str, late))} "
+                       f"never refine{'' if len(late) > 1 else 's'}: {where}")
+        resolved = self.resolve(num_steps)
+        if not resolved:
+            if not late:
+                out.append(f"schedule {name} refines at no step: {where}")
+            return out
+        asked = max(self.count, self.random_count)
+        if asked > last + 1:
+            out.append(f"schedule {name} asks for {asked} refinements; {where}, so it makes {len(resolved)}")
+        fraction_steps = {min(last, int(round(f * num_steps))) for f in self.fractions}
+        if len(fraction_steps) < len(set(self.fractions)):
+            out.append(f"schedule {name}: some fractions fall on the same step of a {num_steps}-step run "
+                       f"(steps {', '.join(map(str, sorted(fraction_steps)))})")
+        return out
 
     def __bool__(self) -> bool:
         return bool(self.steps or self.fractions or self.count or self.every or self.random_count)

@@ -3,6 +3,9 @@
 One :class:`TraceEntry` per sample per refinement. A trace saves as JSON (previews as PNG files
 beside it), loads back, and renders as a self-contained HTML page or a PNG strip of preview
 thumbnails with the prompt under each.
+
+Steps are 0-based everywhere, as in schedules: the text, the HTML page and the strip label a
+refinement after step ``k`` of an ``N``-step run ``step k of 0-(N-1)`` (:func:`step_label`).
 """
 
 from __future__ import annotations
@@ -19,6 +22,18 @@ from typing import Any
 from PIL import Image, ImageDraw, ImageFont
 
 TRACE_VERSION = 1
+
+
+def step_label(step: int, num_steps: int) -> str:
+    """How a trace names denoising step ``step`` (0-based, as in schedules): ``"step 2 of 0-5"``."""
+    return f"step {step} of 0-{max(num_steps - 1, 0)}"
+
+
+def _reason(entry: TraceEntry) -> str:
+    """Why a refinement was not used: ``"timeout: TimeoutError: ..."`` (empty if it was)."""
+    if entry.fallback is None:
+        return ""
+    return entry.fallback + (f": {entry.error}" if entry.error else "")
 
 
 @dataclass
@@ -45,13 +60,22 @@ class TraceEntry:
     preview: Image.Image | None = field(default=None, repr=False, compare=False)
     token_ids: list[int] | None = field(default=None, repr=False)
     logprobs: list[float] | None = field(default=None, repr=False)
+    #: The system prompt the policy was shown (``None``: the backend's default).
+    system_prompt: str | None = field(default=None, repr=False)
+    #: ``ahead`` mode: the steps the plan was written for and this entry's line in it.
+    plan_steps: list[int] | None = None
+    plan_index: int | None = None
+    #: An unchanged copy of what the policy saw (prompts, history, step, preview), kept in
+    #: memory even when previews are not kept, so trainers can rebuild the exact conversation.
+    #: Not saved to JSON.
+    observation: Any = field(default=None, repr=False, compare=False)
 
     @property
     def changed(self) -> bool:
         return self.fallback is None and self.prompt_after != self.prompt_before
 
     def to_dict(self, preview_path: str | None = None) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "preview"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("preview", "observation")}
         data["preview"] = preview_path
         return data
 
@@ -140,11 +164,11 @@ class Trace:
         for s, original in enumerate(self.original_prompts):
             lines.append(f"sample {s}: {original}")
             for e in self.for_sample(s):
-                where = f"step {e.step + 1}/{e.num_steps}"
+                where = step_label(e.step, e.num_steps)
                 if e.applied_step is not None and e.applied_step != e.step:
-                    where += f" (applied after step {e.applied_step + 1})"
+                    where += f" (applied after step {e.applied_step})"
                 if e.fallback:
-                    lines.append(f"  {where}: kept prompt ({e.fallback}{': ' + e.error if e.error else ''})")
+                    lines.append(f"  {where}: kept prompt ({_reason(e)})")
                 else:
                     lines.append(f"  {where}: {e.prompt_after}  [{e.latency_s * 1000:.0f} ms]")
             lines.append(f"  final: {self.final_prompts()[s]}")
@@ -156,10 +180,10 @@ class Trace:
         for s, original in enumerate(self.original_prompts):
             cells = [_html_cell(None, "original", original, None)]
             for e in self.for_sample(s):
-                label = f"step {e.step + 1}/{e.num_steps}"
+                label = step_label(e.step, e.num_steps)
                 if e.applied_step is not None and e.applied_step != e.step:
-                    label += f" → applied {e.applied_step + 1}"
-                note = f"kept: {e.fallback}" if e.fallback else f"{e.latency_s * 1000:.0f} ms"
+                    label += f" → applied after {e.applied_step}"
+                note = f"kept: {_reason(e)}" if e.fallback else f"{e.latency_s * 1000:.0f} ms"
                 cells.append(_html_cell(e.preview, label, e.prompt_after, note, changed=e.changed))
             if images and s < len(images):
                 cells.append(_html_cell(images[s], "final image", self.final_prompts()[s], None))
@@ -170,36 +194,56 @@ class Trace:
     def render_strip(
         self, *, thumb: int = 128, images: list[Image.Image] | None = None, max_chars: int = 160
     ) -> Image.Image:
-        """A PNG-ready strip: one row per sample, one column per refinement (+ final image)."""
+        """A PNG-ready strip: one row per sample, one column per refinement (+ final image).
+
+        Under each preview: its :func:`step_label`, why the prompt was kept (in red) when the
+        policy's answer was not used, and the prompt. The run's ``meta["warnings"]`` (e.g. a
+        schedule outside the run) are written in red under the rows.
+        """
         font = ImageFont.load_default()
-        per_row = [self.for_sample(s) for s in range(self.num_samples)]
-        columns = max([len(r) for r in per_row] + [0]) + (1 if images else 0)
-        columns = max(columns, 1)
         wrap = max(12, thumb // 6)
-        prompts = [e.prompt_after for e in self.entries] + self.original_prompts
-        lines = max([len(textwrap.wrap(p[:max_chars], wrap)) for p in prompts] + [1])
-        text_h = 14 * (lines + 1) + 4
-        cell_w, cell_h = thumb + 12, thumb + text_h + 8
+        line_h = 14
+        rows: list[list[tuple[Image.Image | None, list[str], list[str], list[str]]]] = []
+        for s in range(self.num_samples):
+            cells = []
+            for e in self.for_sample(s):
+                label = [step_label(e.step, e.num_steps)]
+                if e.applied_step is not None and e.applied_step != e.step:
+                    label.append(f"applied after step {e.applied_step}")
+                reason = textwrap.wrap("kept: " + _reason(e), wrap, max_lines=3) if e.fallback else []
+                cells.append((e.preview, label, reason, textwrap.wrap(e.prompt_after[:max_chars], wrap)))
+            if images and s < len(images):
+                cells.append((images[s], ["final"], [], textwrap.wrap(self.final_prompts()[s][:max_chars], wrap)))
+            rows.append(cells)
+        columns = max([len(r) for r in rows] + [1])
+        lines = max([len(label) + len(reason) + len(prompt) for r in rows for _, label, reason, prompt in r] + [2])
+        cell_w, cell_h = thumb + 12, thumb + line_h * lines + 12
         label_w = 140
-        canvas = Image.new("RGB", (label_w + columns * cell_w, max(1, self.num_samples) * cell_h), "white")
+        width = label_w + columns * cell_w
+        notes = [line for w in self.meta.get("warnings", []) for line in textwrap.wrap("warning: " + str(w), width // 6)]
+        height = max(1, self.num_samples) * cell_h + (line_h * len(notes) + 8 if notes else 0)
+        canvas = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(canvas)
-        for s, entries in enumerate(per_row):
+        for s, cells in enumerate(rows):
             y = s * cell_h
             draw.multiline_text(
                 (4, y + 4), textwrap.fill(f"#{s}: " + self.original_prompts[s][:max_chars], 22), fill="black", font=font
             )
-            cells = [(e.preview, f"step {e.step + 1}" + (f" ({e.fallback})" if e.fallback else ""), e.prompt_after)
-                     for e in entries]
-            if images and s < len(images):
-                cells.append((images[s], "final", self.final_prompts()[s]))
-            for c, (img, label, prompt) in enumerate(cells):
+            for c, (img, label, reason, prompt) in enumerate(cells):
                 x = label_w + c * cell_w
                 if img is not None:
                     canvas.paste(_thumbnail(img, thumb), (x + 6, y + 4))
                 else:
                     draw.rectangle((x + 6, y + 4, x + 6 + thumb, y + 4 + thumb), outline="gray")
-                text = label + "\n" + textwrap.fill(prompt[:max_chars], wrap)
-                draw.multiline_text((x + 6, y + thumb + 8), text, fill="black", font=font, spacing=2)
+                ty = y + thumb + 8
+                for text, colour in [(label, "black"), (reason, "firebrick"), (prompt, "black")]:
+                    for line in text:
+                        draw.text((x + 6, ty), line, fill=colour, font=font)
+                        ty += line_h
+        y = max(1, self.num_samples) * cell_h + 4
+        for line in notes:
+            draw.text((4, y), line, fill="firebrick", font=font)
+            y += line_h
         return canvas
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine: install, then run the loop on tiny built-in models.
+# The main job on a fresh machine: install, then run the loop on ShapesWorld (shipped models).
 # Writes images and the trace (trace.html, trace.png, trace.json) to ./promptloop-demo/.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -41,3 +41,11 @@ def tiny_policy(tiny_policy_dir):
     from promptloop.policies import SamplingConfig, TransformersPolicy
 
     return TransformersPolicy.from_pretrained(tiny_policy_dir, device="cpu", sampling=SamplingConfig(max_new_tokens=12))
+
+
+@pytest.fixture(scope="session")
+def warm_policy_dir():
+    """The tiny Qwen2-VL taught to write valid refinements (cached on disk), for trainer tests."""
+    from promptloop.testing.warmup import cached_warm_tiny_qwen2vl
+
+    return cached_warm_tiny_qwen2vl()

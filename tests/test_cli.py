@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 from typer.testing import CliRunner
 
@@ -14,15 +16,58 @@ runner = CliRunner()
 def test_help_lists_the_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    for command in ("demo", "generate", "trace"):
+    for command in ("demo", "generate", "trace", "serve", "comfy", "train"):
         assert command in result.output
+
+
+SURFACES = ("promptloop.server", "promptloop.comfy_nodes", "promptloop.training")
+
+
+def test_the_library_and_the_cli_import_no_surface():
+    code = (
+        "import sys\n"
+        "import promptloop, promptloop.cli, promptloop.policies, promptloop.rewards\n"
+        "from promptloop.cli import app\n"
+        "try:\n"
+        "    app(['--help'])\n"
+        "except SystemExit as exc:\n"
+        "    assert exc.code == 0, exc.code\n"
+        f"print('LOADED', sorted(m for m in sys.modules if m.startswith({SURFACES!r})))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    for command in ("serve", "comfy", "train"):
+        assert command in done.stdout
+    assert done.stdout.strip().splitlines()[-1] == "LOADED []"
+
+
+def test_surface_commands_load_on_call_and_pass_their_arguments_through():
+    served = runner.invoke(app, ["serve", "--help"])
+    assert served.exit_code == 0 and "--policy" in served.output and "--api-key" in served.output
+    comfy = runner.invoke(app, ["comfy", "install", "--help"])
+    assert comfy.exit_code == 0 and "--comfyui" in comfy.output
+    wrong = runner.invoke(app, ["serve", "--polcy", "x"])
+    assert wrong.exit_code == 2 and "--polcy" in wrong.output
+
+
+def test_a_missing_surface_is_a_clear_error():
+    code = (
+        "import sys\n"
+        "sys.modules['promptloop.training.cli'] = None  # as if the trainers were not installed\n"
+        "from promptloop.cli import app\n"
+        "app(['train', '--help'])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1
+    assert "`promptloop train` is not available: promptloop.training.cli" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 def test_demo_writes_images_and_a_trace(tmp_path, monkeypatch):
     monkeypatch.setenv("PROMPTLOOP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "demo"
     # A short teaching run keeps the test fast; the taught policy itself is tested in test_warmup.
-    result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "6", "--schedule", "evenly:2",
+    result = runner.invoke(app, ["demo", "--world", "random", "--out", str(out), "--steps", "6", "--schedule", "evenly:2",
                                  "--policy-steps", "5"])
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("image_*.png")) == ["image_00.png", "image_01.png"]
@@ -37,7 +82,7 @@ def test_demo_writes_images_and_a_trace(tmp_path, monkeypatch):
 
 def test_demo_with_an_untrained_policy_records_fallbacks(tmp_path):
     out = tmp_path / "demo"
-    result = runner.invoke(app, ["demo", "--out", str(out), "--steps", "4", "--schedule", "1",
+    result = runner.invoke(app, ["demo", "--world", "random", "--out", str(out), "--steps", "4", "--schedule", "1",
                                  "--policy-steps", "0", "-p", "a red fox"])
     assert result.exit_code == 0, result.output
     entries = json.loads((out / "trace.json").read_text())["entries"]
@@ -65,6 +110,7 @@ def test_generate_from_saved_directories(tmp_path, tiny_policy_dir):
 
 
 def test_bad_schedule_is_a_clear_error(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--schedule", "often", "--steps", "3"])
+    result = runner.invoke(app, ["demo", "--world", "random", "--out", str(tmp_path), "--schedule", "often",
+                                 "--steps", "3"])
     assert result.exit_code != 0
     assert "schedule" in str(result.exception or result.output)

@@ -6,13 +6,8 @@ import numpy as np
 import torch
 from diffusers import DDIMScheduler, EulerDiscreteScheduler, FlowMatchEulerDiscreteScheduler
 
-from promptloop.preview import (
-    LinearPreview,
-    StepCapture,
-    VAEPreview,
-    predicted_x0,
-    unpack_flux_latents,
-)
+from promptloop.capture import StepCapture, predicted_x0
+from promptloop.preview import LinearPreview, VAEPreview, unpack_flux_latents
 
 
 def _capture(scheduler, model_output, sample, t, *, return_dict=True):

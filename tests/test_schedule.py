@@ -48,3 +48,29 @@ def test_segments():
     assert segments([], 4) == [(0, 4)]
     assert segments([3], 4) == [(0, 4)]  # a refinement after the last step splits nothing
     assert segments([0], 3) == [(0, 1), (1, 3)]
+
+
+@pytest.mark.parametrize(
+    "spec, steps, needles",
+    [
+        ("evenly:3", 20, []),
+        ("1,3", 6, []),
+        ("none", 6, []),
+        (None, 6, []),
+        ("4", 6, []),  # step 4 of 0-5 is the last that can refine
+        ("5", 6, ["step 5 never refines", "0-4"]),
+        ("25", 6, ["'25'", "step 25 never refines", "0-4"]),
+        ([2, 30, 40], 6, ["steps 30, 40 never refine"]),
+        ("evenly:0", 6, ["'evenly:0' asks for no refinement", "'none'"]),
+        ("every:0", 6, ["asks for no refinement"]),
+        ("every:9", 6, ["'every:9' refines at no step", "0-4"]),
+        ("evenly:9", 6, ["asks for 9 refinements", "so it makes 5"]),
+        ("0.1,0.12", 6, ["fall on the same step"]),
+        ("evenly:2", 1, ["no step to refine at"]),
+    ],
+)
+def test_warnings_say_what_a_run_cannot_do(spec, steps, needles):
+    warnings = RefineSchedule.parse(spec).warnings(steps)
+    assert len(warnings) == (1 if needles else 0), warnings
+    for needle in needles:
+        assert needle in warnings[0]

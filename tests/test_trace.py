@@ -38,10 +38,29 @@ def test_html_and_text_show_each_refinement():
     trace = _trace()
     page = trace.to_html()
     assert page.count("data:image/png;base64,") == 2
-    assert "a fox, snow, dusk" in page and "kept: timeout" in page
+    assert "a fox, snow, dusk" in page and "kept: timeout: TimeoutError: slow" in page
     text = trace.to_text()
-    assert "step 3/10: a fox, snow" in text and "kept prompt (timeout" in text
-    assert "applied after step 8" in text
+    assert "step 2 of 0-9: a fox, snow" in text and "kept prompt (timeout: TimeoutError: slow)" in text
+    assert "applied after step 7" in text
+
+
+def test_step_labels_are_0_based_like_schedules():
+    """Schedule ``1,3`` of a 6-step run refines after steps 1 and 3: the labels say so."""
+    from promptloop import RefineLoop, StaticPolicy
+    from promptloop.trace import step_label
+
+    loop = RefineLoop(StaticPolicy(lambda o: o.current_prompt + "!"), "1,3")
+    loop.start(["p"], 6)
+    for step in range(6):
+        loop.at_step(step)
+    trace = loop.finish()
+    assert [e.step for e in trace.entries] == [1, 3]
+    labels = [step_label(1, 6), step_label(3, 6)]
+    assert labels == ["step 1 of 0-5", "step 3 of 0-5"]
+    text, page = trace.to_text(), trace.to_html()
+    for label in labels:
+        assert label in text and label in page
+    assert "step 2" not in text + page and "step 4" not in text + page and "/6" not in text + page
 
 
 def test_strip_has_one_row_per_sample_and_shows_previews():

@@ -10,7 +10,7 @@ from promptloop.backbones.families import (
     adapter_for,
     detect_family,
 )
-from promptloop.backbones.loading import default_device, load_pipeline, resolve_dtype
+from promptloop.backbones.loading import load_pipeline
 
 __all__ = [
     "ADAPTERS",
@@ -21,8 +21,6 @@ __all__ = [
     "StableDiffusionAdapter",
     "StableDiffusionXLAdapter",
     "adapter_for",
-    "default_device",
     "detect_family",
     "load_pipeline",
-    "resolve_dtype",
 ]

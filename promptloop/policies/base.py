@@ -238,8 +238,9 @@ class GenerativePolicy(abc.ABC):
             plan = parse_plan(gen.text, prompt, count, max_chars=self.max_prompt_chars)
             for ref in plan:
                 ref.latency_s = latency
-            if plan:
-                plan[0].token_ids, plan[0].logprobs = gen.token_ids, gen.logprobs
+            for j, ref in enumerate(plan):  # one generation wrote the whole plan: every line carries it
+                ref.token_ids, ref.logprobs = gen.token_ids, gen.logprobs
+                ref.extra["plan_index"] = j
             plans.append(plan)
         return plans
 

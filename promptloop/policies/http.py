@@ -14,13 +14,13 @@ Example::
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from promptloop.policies.base import SamplingConfig
+from promptloop.policies.retry import Retry, Retryable
 from promptloop.refinement import Fallback, Observation, Refinement
 
 logger = logging.getLogger("promptloop.http")
@@ -68,8 +68,8 @@ class HTTPPolicy:
         self.url = base
         self.api_key = api_key
         self.timeout_s = float(timeout_s)
-        self.retries = max(0, int(retries))
-        self.backoff_s = float(backoff_s)
+        self.retry = Retry(retries=max(0, int(retries)), backoff_s=float(backoff_s),
+                           deadline_s=self.timeout_s)
         self.backbone = backbone
         self.return_embeddings = return_embeddings
         self.sampling = sampling
@@ -104,40 +104,26 @@ class HTTPPolicy:
         ``RemoteError`` (never anything else) when no good answer came."""
         import httpx
 
-        deadline = time.monotonic() + self.timeout_s
-        last_error = "no attempt made"
-        timed_out = False
-        for attempt in range(self.retries + 1):
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                timed_out = True
-                break
+        def attempt(timeout: float | None) -> dict[str, Any]:
             try:
-                response = self._http().post(self.url + path, json=body, timeout=remaining)
+                response = self._http().post(self.url + path, json=body, timeout=timeout)
             except httpx.TimeoutException as exc:
-                timed_out, last_error = True, f"timed out ({type(exc).__name__})"
+                raise Retryable(TimeoutError(f"timed out ({type(exc).__name__})")) from None
             except httpx.HTTPError as exc:
-                timed_out, last_error = False, f"cannot reach {self.url}: {type(exc).__name__}: {exc}"
-            else:
-                if response.status_code == 200:
-                    try:
-                        return response.json()
-                    except ValueError:
-                        raise RemoteError(f"{self.url}{path} answered 200 with a body that is not JSON") from None
-                detail = _detail(response)
-                last_error = f"{self.url}{path} answered {response.status_code}: {detail}"
-                timed_out = response.status_code in (408, 504)
-                if response.status_code not in _RETRY_STATUS:
-                    raise RemoteError(last_error, response.status_code)
-            if attempt < self.retries:
-                pause = min(2.0, self.backoff_s * 2**attempt) * (0.5 + random.random() / 2)
-                if time.monotonic() + pause >= deadline:
-                    timed_out = True
-                    break
-                time.sleep(pause)
-        if timed_out:
-            raise TimeoutError(f"sidecar at {self.url} gave no answer within {self.timeout_s:g} s ({last_error})")
-        raise RemoteError(last_error)
+                message = f"cannot reach {self.url}: {type(exc).__name__}: {exc}"
+                raise Retryable(RemoteError(message)) from None
+            if response.status_code == 200:
+                try:
+                    return response.json()
+                except ValueError:
+                    raise RemoteError(f"{self.url}{path} answered 200 with a body that is not JSON") from None
+            message = f"{self.url}{path} answered {response.status_code}: {_detail(response)}"
+            if response.status_code in (408, 504):
+                raise Retryable(TimeoutError(message))
+            error = RemoteError(message, response.status_code)
+            raise Retryable(error) if response.status_code in _RETRY_STATUS else error
+
+        return self.retry.call(attempt, what=f"sidecar at {self.url}")
 
     # -- requests -------------------------------------------------------------------------------
     def _common(self) -> dict[str, Any]:
@@ -154,15 +140,9 @@ class HTTPPolicy:
             body["return_embeddings"] = True
         return body
 
-    def refine_request(
-        self,
-        observations: Sequence[Observation],
-        *,
-        latents: Any = None,
-        latent_format: str | None = None,
-        height: int | None = None,
-        width: int | None = None,
-    ) -> dict[str, Any]:
+    def refine_request(self, observations: Sequence[Observation], *, latents: Any = None,
+                       latent_format: str | None = None, height: int | None = None,
+                       width: int | None = None) -> dict[str, Any]:
         """The ``/refine`` JSON body for these observations."""
         from promptloop.wire import encode_image, encode_latents
 
@@ -190,15 +170,9 @@ class HTTPPolicy:
                 body["height"], body["width"] = int(height), int(width)
         return body
 
-    def refine(
-        self,
-        observations: Sequence[Observation],
-        *,
-        latents: Any = None,
-        latent_format: str | None = None,
-        height: int | None = None,
-        width: int | None = None,
-    ) -> list[Refinement]:
+    def refine(self, observations: Sequence[Observation], *, latents: Any = None,
+               latent_format: str | None = None, height: int | None = None,
+               width: int | None = None) -> list[Refinement]:
         """One refinement per observation; fallbacks (never an exception) when the sidecar fails.
 
         With ``latents`` (model-space, rows in observation order) the sidecar decodes the
@@ -258,12 +232,10 @@ class HTTPPolicy:
     @staticmethod
     def _fallbacks(observations, reason: Fallback, error: str, start: float) -> list[Refinement]:
         latency = time.perf_counter() - start
-        out = []
-        for obs in observations:
-            ref = Refinement.fallback_to(obs.current_prompt, reason, error=error)
+        refinements = [Refinement.fallback_to(obs.current_prompt, reason, error=error) for obs in observations]
+        for ref in refinements:
             ref.latency_s = latency
-            out.append(ref)
-        return out
+        return refinements
 
     def plan(self, prompts: Sequence[str], steps: Sequence[int], num_steps: int) -> list[list[Refinement]]:
         """``ahead`` mode through ``POST /plan``; on failure every planned prompt keeps the original."""

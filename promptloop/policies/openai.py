@@ -15,16 +15,17 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from promptloop.policies.base import Generation, GenerativePolicy, SamplingConfig
 from promptloop.policies.messages import Message
+from promptloop.policies.retry import Retry, Retryable
 from promptloop.wire import image_data_url
 
 _TOKEN_ID = re.compile(r"^token_id:(\d+)$")
+_RETRY_STATUS = {429, 502, 503, 504}
 
 
 class OpenAIError(RuntimeError):
@@ -44,8 +45,9 @@ class OpenAIChatPolicy(GenerativePolicy):
             ``None`` or ``"default"``: the endpoint's first model (asked once, from ``/models``).
         api_key: sent as ``Authorization: Bearer``.
         sampling: default decoding settings.
-        timeout_s: limit for one HTTP request.
+        timeout_s: deadline of one request, retries included.
         retries: extra attempts after a connection error or a 429/502/503/504 answer.
+        backoff_s: first pause between attempts (doubled each time, with jitter).
         max_concurrency: most requests in flight for one batch.
         vllm_extensions: when log-probs are asked for, also ask vLLM for the generated token ids
             (``return_token_ids``); turn off for endpoints that reject unknown fields.
@@ -64,6 +66,7 @@ class OpenAIChatPolicy(GenerativePolicy):
         sampling: SamplingConfig | None = None,
         timeout_s: float = 60.0,
         retries: int = 1,
+        backoff_s: float = 0.2,
         max_concurrency: int = 16,
         vllm_extensions: bool = True,
         extra_body: Mapping[str, Any] | None = None,
@@ -78,7 +81,7 @@ class OpenAIChatPolicy(GenerativePolicy):
         self.model = model if model not in (None, "", "default") else None
         self.api_key = api_key
         self.timeout_s = timeout_s
-        self.retries = max(0, int(retries))
+        self.retry = Retry(retries=max(0, int(retries)), backoff_s=float(backoff_s), deadline_s=timeout_s)
         self.max_concurrency = max(1, int(max_concurrency))
         self.vllm_extensions = vllm_extensions
         self.extra_body = dict(extra_body or {})
@@ -171,6 +174,20 @@ class OpenAIChatPolicy(GenerativePolicy):
             detail = response.text[:300]
         return OpenAIError(f"endpoint answered {response.status_code}: {detail}", response.status_code)
 
+    def _answer(self, response) -> Generation:
+        """One attempt's response: the generation, or an error (``Retryable`` when worth retrying)."""
+        if response.status_code == 200:
+            return self.parse_response(response.json())
+        error = self._error(response)
+        raise Retryable(error) if response.status_code in _RETRY_STATUS else error
+
+    def _transport_error(self, exc: Exception) -> Retryable:
+        import httpx
+
+        if isinstance(exc, httpx.TimeoutException):
+            return Retryable(TimeoutError(f"{self.base_url} timed out ({type(exc).__name__})"))
+        return Retryable(OpenAIError(f"cannot reach {self.base_url}: {exc}"))
+
     def _first_model(self, models: list[str]) -> str:
         if not models:
             raise OpenAIError(f"{self.base_url} serves no model")
@@ -192,32 +209,19 @@ class OpenAIChatPolicy(GenerativePolicy):
         import httpx
 
         client = self._sync_client()
-        for attempt in range(self.retries + 1):
-            last = attempt == self.retries
-            try:
-                response = client.post(f"{self.base_url}/chat/completions", json=body, headers=self.headers)
-            except httpx.TimeoutException:
-                raise TimeoutError(f"{self.base_url} did not answer within {self.timeout_s:g} s") from None
-            except httpx.TransportError as exc:
-                if last:
-                    raise OpenAIError(f"cannot reach {self.base_url}: {exc}") from None
-                time.sleep(0.2 * 2**attempt)
-                continue
-            if response.status_code in (429, 502, 503, 504) and not last:
-                time.sleep(0.2 * 2**attempt)
-                continue
-            if response.status_code != 200:
-                raise self._error(response)
-            return self.parse_response(response.json())
-        raise AssertionError("unreachable")
 
-    def generate(
-        self,
-        conversations: Sequence[list[Message]],
-        *,
-        sampling: SamplingConfig | None = None,
-        model: str | None = None,
-    ) -> list[Generation]:
+        def attempt(timeout: float | None) -> Generation:
+            try:
+                response = client.post(f"{self.base_url}/chat/completions", json=body, headers=self.headers,
+                                       timeout=timeout)
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc) from None
+            return self._answer(response)
+
+        return self.retry.call(attempt, what=self.base_url)
+
+    def generate(self, conversations: Sequence[list[Message]], *, sampling: SamplingConfig | None = None,
+                 model: str | None = None) -> list[Generation]:
         if not conversations:
             return []
         if model is None and self.model is None:
@@ -248,33 +252,20 @@ class OpenAIChatPolicy(GenerativePolicy):
         import httpx
 
         client = self._async_client()
-        async with semaphore:
-            for attempt in range(self.retries + 1):
-                last = attempt == self.retries
-                try:
-                    response = await client.post(f"{self.base_url}/chat/completions", json=body, headers=self.headers)
-                except httpx.TimeoutException:
-                    raise TimeoutError(f"{self.base_url} did not answer within {self.timeout_s:g} s") from None
-                except httpx.TransportError as exc:
-                    if last:
-                        raise OpenAIError(f"cannot reach {self.base_url}: {exc}") from None
-                    await asyncio.sleep(0.2 * 2**attempt)
-                    continue
-                if response.status_code in (429, 502, 503, 504) and not last:
-                    await asyncio.sleep(0.2 * 2**attempt)
-                    continue
-                if response.status_code != 200:
-                    raise self._error(response)
-                return self.parse_response(response.json())
-        raise AssertionError("unreachable")
 
-    async def agenerate(
-        self,
-        conversations: Sequence[list[Message]],
-        *,
-        sampling: SamplingConfig | None = None,
-        model: str | None = None,
-    ) -> list[Generation]:
+        async def attempt(timeout: float | None) -> Generation:
+            try:
+                response = await client.post(f"{self.base_url}/chat/completions", json=body,
+                                             headers=self.headers, timeout=timeout)
+            except httpx.HTTPError as exc:
+                raise self._transport_error(exc) from None
+            return self._answer(response)
+
+        async with semaphore:
+            return await self.retry.acall(attempt, what=self.base_url)
+
+    async def agenerate(self, conversations: Sequence[list[Message]], *,
+                        sampling: SamplingConfig | None = None, model: str | None = None) -> list[Generation]:
         """Concurrent requests on an ``httpx.AsyncClient`` (for use inside a server's loop)."""
         if not conversations:
             return []

@@ -24,9 +24,29 @@ def clean_prompt_text(raw: str) -> str:
 
 
 def _looks_garbled(text: str) -> bool:
+    text = text.replace("\n", " ").replace("\t", " ")
     if "\ufffd" in text:
         return True
     return any(unicodedata.category(ch) in ("Cc", "Cs", "Co", "Cn") for ch in text)
+
+
+def prompt_problem(text: object, *, max_chars: int = DEFAULT_MAX_PROMPT_CHARS) -> Fallback | None:
+    """Why ``text`` cannot condition the sampler (``None`` when it can).
+
+    The one set of rules every refined prompt passes, whichever backend wrote it:
+    :func:`parse_refinement` applies it to a backend's parsed output, and the refinement loop
+    (:class:`~promptloop.loop.RefineLoop`) to every :class:`~promptloop.refinement.Refinement`
+    it is handed. Not a string, or holding control / replacement / unassigned characters:
+    ``unparsable``; nothing left once whitespace, quotes and fences are stripped: ``empty``;
+    longer than ``max_chars``: ``too_long``.
+    """
+    if not isinstance(text, str) or _looks_garbled(text):
+        return Fallback.UNPARSABLE
+    if not clean_prompt_text(text):
+        return Fallback.EMPTY
+    if len(text) > max_chars:
+        return Fallback.TOO_LONG
+    return None
 
 
 def parse_refinement(
@@ -43,13 +63,10 @@ def parse_refinement(
     """
     if raw is None:
         return Refinement.fallback_to(current_prompt, Fallback.EMPTY)
-    if _looks_garbled(raw.replace("\n", " ").replace("\t", " ")):
-        return Refinement.fallback_to(current_prompt, Fallback.UNPARSABLE, raw_text=raw)
     text = clean_prompt_text(raw)
-    if not text:
-        return Refinement.fallback_to(current_prompt, Fallback.EMPTY, raw_text=raw)
-    if len(text) > max_chars:
-        return Refinement.fallback_to(current_prompt, Fallback.TOO_LONG, raw_text=raw)
+    problem = Fallback.UNPARSABLE if _looks_garbled(raw) else prompt_problem(text, max_chars=max_chars)
+    if problem is not None:
+        return Refinement.fallback_to(current_prompt, problem, raw_text=raw)
     if not finished:
         return Refinement.fallback_to(current_prompt, Fallback.TRUNCATED, raw_text=raw)
     return Refinement(text=text, raw_text=raw)

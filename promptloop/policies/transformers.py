@@ -10,6 +10,7 @@ import os
 import threading
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,6 +18,16 @@ import torch
 from promptloop.policies.adapters import check_adapter_dir
 from promptloop.policies.base import GenerativePolicy, Generation, SamplingConfig
 from promptloop.policies.messages import Message
+
+
+@dataclass
+class ScoredCompletions:
+    """:meth:`TransformersPolicy.score` output: ``(batch, max completion length)`` tensors,
+    right-padded; ``mask`` is 1 on completion tokens."""
+
+    logprobs: torch.Tensor
+    entropies: torch.Tensor | None
+    mask: torch.Tensor
 
 
 class TransformersPolicy(GenerativePolicy):
@@ -69,7 +80,7 @@ class TransformersPolicy(GenerativePolicy):
         """Load a policy from a local directory or a hub id, optionally with a peft LoRA adapter."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        from promptloop.backbones.loading import default_device, resolve_dtype
+        from promptloop.devices import default_device, resolve_dtype
 
         device = device or default_device()
         torch_dtype = resolve_dtype(dtype if dtype is not None else ("bfloat16" if str(device).startswith("cuda") else None), device)
@@ -144,12 +155,71 @@ class TransformersPolicy(GenerativePolicy):
                 out.extend(self._generate_batch(list(conversations[start:start + size]), sampling or self.sampling))
         return out
 
-    @torch.inference_mode()
-    def _generate_batch(self, conversations: list[list[Message]], s: SamplingConfig) -> list[Generation]:
+    def encode_conversations(self, conversations: Sequence[list[Message]]) -> Any:
+        """Model inputs for ``conversations`` (chat template with the generation prompt, images
+        prepared by :meth:`prepare`, left padding), on the CPU. Generation and :meth:`score` both
+        use this, so the tokens a completion was sampled after are the tokens it is scored after."""
         prepared = [self.prepare(c) for c in conversations]
         texts = [self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c, _ in prepared]
         images = [image for _, conv_images in prepared for image in conv_images]
-        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        self.tokenizer.padding_side = "left"
+        return self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+
+    @property
+    def logprob_temperature(self) -> float:
+        """The temperature log-probs are taken at: the sampling temperature (1 when greedy)."""
+        return 1.0 if self.sampling.greedy else float(self.sampling.temperature)
+
+    def score(
+        self,
+        conversations: Sequence[list[Message]],
+        completions: Sequence[Sequence[int]],
+        *,
+        model: Any = None,
+        temperature: float | None = None,
+        entropies: bool = True,
+    ) -> ScoredCompletions:
+        """Teacher-forced log-probs of ``completions`` (token ids) after ``conversations``.
+
+        Runs with gradients (wrap in ``torch.no_grad()`` for old/reference log-probs). Logits are
+        divided by ``temperature`` (default: :attr:`logprob_temperature`, as at sampling time),
+        so the log-probs of sampled tokens equal those :meth:`generate` recorded. ``model``
+        replaces :attr:`model` for the forward pass (e.g. a DDP-wrapped copy of it).
+        """
+        if len(conversations) != len(completions):
+            raise ValueError(f"{len(conversations)} conversations but {len(completions)} completions")
+        inputs = self.encode_conversations(conversations).to(self.device)
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        length = max((len(c) for c in completions), default=0)
+        if length == 0:
+            empty = torch.zeros(len(completions), 0, device=self.device)
+            return ScoredCompletions(empty, empty.clone() if entropies else None, empty.clone())
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        comp = torch.full((len(completions), length), pad, dtype=ids.dtype, device=ids.device)
+        comp_mask = torch.zeros_like(comp, dtype=mask.dtype)
+        for row, tokens in enumerate(completions):
+            comp[row, :len(tokens)] = torch.as_tensor(list(tokens), dtype=ids.dtype)
+            comp_mask[row, :len(tokens)] = 1
+        model_inputs = dict(inputs)
+        model_inputs["input_ids"] = torch.cat([ids, comp], dim=1)
+        model_inputs["attention_mask"] = torch.cat([mask, comp_mask], dim=1)
+        for key in ("mm_token_type_ids", "token_type_ids"):  # per-token types: completions are text (0)
+            value = model_inputs.get(key)
+            if isinstance(value, torch.Tensor) and value.shape == ids.shape:
+                model_inputs[key] = torch.cat([value, torch.zeros_like(comp, dtype=value.dtype)], dim=1)
+        output = (model or self.model)(**model_inputs, use_cache=False, logits_to_keep=length + 1)
+        logits = output.logits[:, -(length + 1):-1].float() / (temperature or self.logprob_temperature)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        token_logprobs = log_probs.gather(-1, comp[..., None]).squeeze(-1)
+        entropy = None
+        if entropies:
+            with torch.no_grad():
+                entropy = -(log_probs.exp() * log_probs).sum(-1)
+        return ScoredCompletions(token_logprobs, entropy, comp_mask.to(token_logprobs.dtype))
+
+    @torch.inference_mode()
+    def _generate_batch(self, conversations: list[list[Message]], s: SamplingConfig) -> list[Generation]:
+        inputs = self.encode_conversations(conversations)
         self.check_input_tokens(inputs["attention_mask"].sum(dim=1).tolist(), s)
         inputs = inputs.to(self.device)
         gen_kwargs: dict[str, Any] = dict(
@@ -172,9 +242,7 @@ class TransformersPolicy(GenerativePolicy):
         eos_ids = self._eos_ids()
         logprobs = None
         if s.return_logprobs and output.logits:
-            logits = torch.stack(output.logits, dim=1).float()  # (B, T, V)
-            if not s.greedy:
-                logits = logits / s.temperature
+            logits = torch.stack(output.logits, dim=1).float() / self.logprob_temperature  # (B, T, V)
             logprobs = torch.log_softmax(logits, dim=-1).gather(-1, sequences[..., None]).squeeze(-1)
         results = []
         for row, seq in enumerate(sequences.tolist()):

@@ -149,6 +149,8 @@ class VLLMPolicy(GenerativePolicy):
                 args[key] = given[key]
         if self.lora_enabled:
             args.update(enable_lora=True, max_lora_rank=given["max_lora_rank"], max_loras=given["max_loras"])
+        # Log-probs after temperature (and top-p), the meaning TransformersPolicy gives them.
+        args["logprobs_mode"] = "processed_logprobs"
         args.update(engine_kwargs or {})
         if (
             "kv_cache_memory_bytes" not in args

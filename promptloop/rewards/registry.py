@@ -139,4 +139,4 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from promptloop.rewards import jpeg  # noqa: F401
+    from promptloop.rewards import aesthetic, clip, hps, imagereward, jpeg, quality, shapes  # noqa: F401

@@ -94,8 +94,28 @@ def _t5_encoder(tokenizer: T5TokenizerFast, *, d_model: int = 32) -> T5EncoderMo
     return T5EncoderModel(config)
 
 
-def _vae(latent_channels: int, **extra: Any) -> AutoencoderKL:
-    """4-level AutoencoderKL (``vae_scale_factor`` 8)."""
+def _text_components(*encoders: type | int) -> dict[str, Any]:
+    """Tokenizers and text encoders under the names diffusers pipelines take them by
+    (``tokenizer``, ``text_encoder``, ``tokenizer_2``, ``text_encoder_2``, ...).
+
+    Each entry of ``encoders`` is a CLIP model class (``CLIPTextModel`` or
+    ``CLIPTextModelWithProjection``, hidden size 32) or, for a T5 encoder, its ``d_model``. All
+    tokenizers are built before the first encoder, and encoders in order, so the weights drawn
+    from the seed do not depend on how a family lists its components.
+    """
+    names = ["" if i == 0 else f"_{i + 1}" for i in range(len(encoders))]
+    tokenizers = [_t5_tokenizer() if isinstance(kind, int) else _clip_tokenizer() for kind in encoders]
+    components: dict[str, Any] = {f"tokenizer{n}": tok for n, tok in zip(names, tokenizers)}
+    for n, kind, tok in zip(names, encoders, tokenizers):
+        components[f"text_encoder{n}"] = _t5_encoder(tok, d_model=kind) if isinstance(kind, int) else kind(_clip_config(tok))
+    return components
+
+
+def _vae(latent_channels: int, scaling_factor: float, shift_factor: float | None = None, **extra: Any) -> AutoencoderKL:
+    """4-level AutoencoderKL (``vae_scale_factor`` 8). With a ``shift_factor`` it is shaped like
+    the SD3/FLUX VAE: no quant convolutions."""
+    if shift_factor is not None:
+        extra.update(shift_factor=shift_factor, use_quant_conv=False, use_post_quant_conv=False)
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
@@ -106,8 +126,23 @@ def _vae(latent_channels: int, **extra: Any) -> AutoencoderKL:
         latent_channels=latent_channels,
         norm_num_groups=4,
         sample_size=8 * _LATENT_SIZE,
+        scaling_factor=scaling_factor,
         **extra,
     )
+
+
+def _unet(**family: Any) -> UNet2DConditionModel:
+    """The SD/SDXL denoiser: a two-level UNet2DConditionModel (32 and 64 channels, one layer per
+    block) on 4-channel latents; ``family`` sets its blocks and conditioning."""
+    return UNet2DConditionModel(
+        sample_size=_LATENT_SIZE, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        norm_num_groups=8, **family,
+    )
+
+
+def _flow_scheduler(**extra: Any) -> FlowMatchEulerDiscreteScheduler:
+    """The flow-matching scheduler of SD3 (shift 3); FLUX adds dynamic shifting."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, **extra)
 
 
 _P = TypeVar("_P", bound=DiffusionPipeline)
@@ -128,21 +163,13 @@ def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     Text embeddings are (B, 77, 32); latents (B, 4, 8, 8) at 64x64. No safety checker.
     """
     torch.manual_seed(seed)
-    tokenizer = _clip_tokenizer()
-    text_encoder = CLIPTextModel(_clip_config(tokenizer))
-    unet = UNet2DConditionModel(
-        sample_size=_LATENT_SIZE,
-        in_channels=4,
-        out_channels=4,
+    text = _text_components(CLIPTextModel)
+    unet = _unet(
         down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
         attention_head_dim=8,
-        norm_num_groups=8,
         cross_attention_dim=32,
     )
-    vae = _vae(4, scaling_factor=0.18215)
     scheduler = DDIMScheduler(
         **_SD_BETAS,
         clip_sample=False,
@@ -153,15 +180,14 @@ def tiny_sd_pipeline(seed: int = 0) -> StableDiffusionPipeline:
     )
     return _finish(
         StableDiffusionPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
+            vae=_vae(4, 0.18215),
             unet=unet,
             scheduler=scheduler,
             safety_checker=None,
             feature_extractor=None,
             image_encoder=None,
             requires_safety_checker=False,
+            **text,
         )
     )
 
@@ -171,30 +197,20 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     conditioning (6 time ids x 8 + pooled 32 = 80), EulerDiscreteScheduler as in SDXL base.
     """
     torch.manual_seed(seed)
-    tokenizer = _clip_tokenizer()
-    tokenizer_2 = _clip_tokenizer()
-    text_encoder = CLIPTextModel(_clip_config(tokenizer))
-    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer_2, projection_dim=32))
+    text = _text_components(CLIPTextModel, CLIPTextModelWithProjection)
     addition_time_embed_dim = 8
-    unet = UNet2DConditionModel(
-        sample_size=_LATENT_SIZE,
-        in_channels=4,
-        out_channels=4,
+    unet = _unet(
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        block_out_channels=(32, 64),
-        layers_per_block=1,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         transformer_layers_per_block=(1, 1),
-        norm_num_groups=8,
         cross_attention_dim=32 + 32,
         addition_embed_type="text_time",
         addition_time_embed_dim=addition_time_embed_dim,
         projection_class_embeddings_input_dim=6 * addition_time_embed_dim
-        + text_encoder_2.config.projection_dim,
+        + text["text_encoder_2"].config.projection_dim,
     )
-    vae = _vae(4, scaling_factor=0.13025, force_upcast=False)
     scheduler = EulerDiscreteScheduler(
         **_SD_BETAS,
         steps_offset=1,
@@ -205,15 +221,12 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
     )
     return _finish(
         StableDiffusionXLPipeline(
-            vae=vae,
-            text_encoder=text_encoder,
-            text_encoder_2=text_encoder_2,
-            tokenizer=tokenizer,
-            tokenizer_2=tokenizer_2,
+            vae=_vae(4, 0.13025, force_upcast=False),
             unet=unet,
             scheduler=scheduler,
             force_zeros_for_empty_prompt=True,
             add_watermarker=False,
+            **text,
         )
     )
 
@@ -224,44 +237,15 @@ def tiny_sd3_pipeline(seed: int = 0) -> StableDiffusion3Pipeline:
     FlowMatchEulerDiscreteScheduler (shift 3), 16-channel VAE (scaling 1.5305, shift 0.0609).
     """
     torch.manual_seed(seed)
-    tokenizer = _clip_tokenizer()
-    tokenizer_2 = _clip_tokenizer()
-    tokenizer_3 = _t5_tokenizer()
-    text_encoder = CLIPTextModelWithProjection(_clip_config(tokenizer))
-    text_encoder_2 = CLIPTextModelWithProjection(_clip_config(tokenizer_2))
-    text_encoder_3 = _t5_encoder(tokenizer_3, d_model=64)
+    text = _text_components(CLIPTextModelWithProjection, CLIPTextModelWithProjection, 64)
     transformer = SD3Transformer2DModel(
-        sample_size=_LATENT_SIZE,
-        patch_size=1,
-        in_channels=16,
-        out_channels=16,
-        num_layers=1,
-        attention_head_dim=8,
-        num_attention_heads=4,
-        joint_attention_dim=64,
-        caption_projection_dim=32,
-        pooled_projection_dim=64,
-        pos_embed_max_size=32,
+        sample_size=_LATENT_SIZE, patch_size=1, in_channels=16, out_channels=16, pos_embed_max_size=32,
+        num_layers=1, attention_head_dim=8, num_attention_heads=4,  # 4 heads x 8 = 32 wide
+        joint_attention_dim=64, caption_projection_dim=32, pooled_projection_dim=64,  # T5 64, CLIPs 32 + 32
     )
-    vae = _vae(
-        16,
-        scaling_factor=1.5305,
-        shift_factor=0.0609,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     return _finish(
         StableDiffusion3Pipeline(
-            transformer=transformer,
-            scheduler=scheduler,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            text_encoder_2=text_encoder_2,
-            tokenizer_2=tokenizer_2,
-            text_encoder_3=text_encoder_3,
-            tokenizer_3=tokenizer_3,
+            transformer=transformer, vae=_vae(16, 1.5305, 0.0609), scheduler=_flow_scheduler(), **text
         )
     )
 
@@ -272,50 +256,16 @@ def tiny_flux_pipeline(seed: int = 0) -> FluxPipeline:
     shifting, 16-channel VAE (scaling 0.3611, shift 0.1159). 64x64 -> packed latents (B, 16, 64).
     """
     torch.manual_seed(seed)
-    tokenizer = _clip_tokenizer()
-    tokenizer_2 = _t5_tokenizer()
-    text_encoder = CLIPTextModel(_clip_config(tokenizer))
-    text_encoder_2 = _t5_encoder(tokenizer_2, d_model=32)
+    text = _text_components(CLIPTextModel, 32)
     transformer = FluxTransformer2DModel(
-        patch_size=1,
-        in_channels=64,
-        out_channels=None,
-        num_layers=1,
-        num_single_layers=1,
-        attention_head_dim=16,
-        num_attention_heads=2,
-        joint_attention_dim=32,
-        pooled_projection_dim=32,
-        guidance_embeds=True,
-        axes_dims_rope=(4, 4, 8),
+        patch_size=1, in_channels=64, out_channels=None,  # 16 latent channels packed 2x2
+        num_layers=1, num_single_layers=1, attention_head_dim=16, num_attention_heads=2, axes_dims_rope=(4, 4, 8),
+        joint_attention_dim=32, pooled_projection_dim=32, guidance_embeds=True,  # T5 32, CLIP pooled 32
     )
-    vae = _vae(
-        16,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
+    scheduler = _flow_scheduler(
+        use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096
     )
-    scheduler = FlowMatchEulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        shift=3.0,
-        use_dynamic_shifting=True,
-        base_shift=0.5,
-        max_shift=1.15,
-        base_image_seq_len=256,
-        max_image_seq_len=4096,
-    )
-    return _finish(
-        FluxPipeline(
-            scheduler=scheduler,
-            vae=vae,
-            text_encoder=text_encoder,
-            tokenizer=tokenizer,
-            text_encoder_2=text_encoder_2,
-            tokenizer_2=tokenizer_2,
-            transformer=transformer,
-        )
-    )
+    return _finish(FluxPipeline(transformer=transformer, vae=_vae(16, 0.3611, 0.1159), scheduler=scheduler, **text))
 
 
 _FACTORIES = {

@@ -6,6 +6,7 @@ Shapes follow what vLLM's CPU kernels accept (text head_dim 64, mrope sections [
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -55,9 +56,10 @@ _MIN_PIXELS = 56 * 56
 _MAX_PIXELS = 224 * 224  # at most 64 image tokens per image
 
 
-def build_tiny_qwen2vl_processor() -> Qwen2VLProcessor:
-    """Qwen2VLProcessor: tiny BPE tokenizer (left padding), image and video processors, chat template."""
-    tokenizer = build_qwen_tokenizer(chat_template=QWEN2VL_CHAT_TEMPLATE)
+def build_tiny_qwen2vl_processor(texts: Iterable[str] | None = None) -> Qwen2VLProcessor:
+    """Qwen2VLProcessor: tiny BPE tokenizer (left padding; its merges also learned on ``texts``),
+    image and video processors, chat template."""
+    tokenizer = build_qwen_tokenizer(texts, chat_template=QWEN2VL_CHAT_TEMPLATE)
     common = dict(
         patch_size=_PATCH,
         merge_size=_MERGE,
@@ -73,24 +75,33 @@ def build_tiny_qwen2vl_processor() -> Qwen2VLProcessor:
     )
 
 
-def build_tiny_qwen2vl(seed: int = 0) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessor]:
-    """Random-weight :class:`~transformers.Qwen2VLForConditionalGeneration` (~0.6 M parameters) and
-    its processor. Special token ids in the config match the tokenizer; generation stops at
-    ``<|im_end|>`` and pads with ``<|endoftext|>``; greedy by default. Returned in eval mode.
+def build_tiny_qwen2vl(
+    seed: int = 0,
+    *,
+    text_hidden: int = 128,
+    text_layers: int = 2,
+    vision_dim: int = 32,
+    vision_depth: int = 2,
+    texts: Iterable[str] | None = None,
+) -> tuple[Qwen2VLForConditionalGeneration, Qwen2VLProcessor]:
+    """Random-weight :class:`~transformers.Qwen2VLForConditionalGeneration` (~0.6 M parameters with
+    the default sizes) and its processor. Special token ids in the config match the tokenizer;
+    generation stops at ``<|im_end|>`` and pads with ``<|endoftext|>``; greedy by default. Returned
+    in eval mode. ``text_hidden`` (a multiple of 64), ``text_layers``, ``vision_dim`` and
+    ``vision_depth`` make it larger; ``texts`` add to the tokenizer's BPE corpus.
     """
-    processor = build_tiny_qwen2vl_processor()
+    processor = build_tiny_qwen2vl_processor(texts)
     tok = processor.tokenizer
     names = ("<|endoftext|>", "<|im_end|>", "<|image_pad|>", "<|video_pad|>")
     names += ("<|vision_start|>", "<|vision_end|>")
     ids = {name: tok.convert_tokens_to_ids(name) for name in names}
-    text_hidden = 128
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(tok),
             hidden_size=text_hidden,
-            intermediate_size=256,
-            num_hidden_layers=2,
-            num_attention_heads=2,
+            intermediate_size=2 * text_hidden,
+            num_hidden_layers=text_layers,
+            num_attention_heads=text_hidden // 64,
             num_key_value_heads=1,
             head_dim=64,
             hidden_act="silu",
@@ -102,8 +113,8 @@ def build_tiny_qwen2vl(seed: int = 0) -> tuple[Qwen2VLForConditionalGeneration, 
             pad_token_id=ids["<|endoftext|>"],
         ),
         vision_config=dict(
-            depth=2,
-            embed_dim=32,
+            depth=vision_depth,
+            embed_dim=vision_dim,
             hidden_size=text_hidden,
             num_heads=2,
             mlp_ratio=4,

@@ -121,7 +121,15 @@ Spans = list[tuple[int, int]]
 
 
 def build_batch(processor: Any, observations: list[Observation]) -> tuple[dict[str, torch.Tensor], Spans]:
-    """Tokenize ``observations`` followed by their target answers and the end token.
+    """Tokenize ``observations`` followed by their target answers (:func:`warm_target`) and the
+    end token, as :func:`build_answer_batch` does."""
+    return build_answer_batch(processor, [build_messages(obs) for obs in observations],
+                              [warm_target(obs) for obs in observations])
+
+
+def build_answer_batch(processor: Any, conversations: list[list[dict[str, Any]]],
+                       answers: list[str]) -> tuple[dict[str, torch.Tensor], Spans]:
+    """Tokenize chat ``conversations`` followed by their ``answers`` and the end token.
 
     Conversations go through the chat template and the processor exactly as
     :class:`~promptloop.policies.transformers.TransformersPolicy` sends them (images prepared by
@@ -130,11 +138,11 @@ def build_batch(processor: Any, observations: list[Observation]) -> tuple[dict[s
     of the answer tokens (end token included): the only tokens the loss is taken on.
     """
     tokenizer = processor.tokenizer
-    prepared = [prepare_conversation(build_messages(obs)) for obs in observations]
+    prepared = [prepare_conversation(c) for c in conversations]
     prompts = [
         processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c, _ in prepared
     ]
-    answers = [warm_target(obs) + END_TOKEN for obs in observations]
+    answers = [answer + END_TOKEN for answer in answers]
     images = [image for _, conv_images in prepared for image in conv_images]
     old_side = tokenizer.padding_side
     tokenizer.padding_side = "right"

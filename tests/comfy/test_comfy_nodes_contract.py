@@ -112,11 +112,11 @@ def test_scripted_policy_lines_and_placeholders():
     first = policy.refine([Observation("a fox", "a fox", 3, 10)])[0]
     assert first.text == "a fox, detailed"
     second = policy.refine([Observation("a fox", "a fox, detailed", 5, 10, history=["a fox"])])[0]
-    assert second.text == "a fox at step 6/10 #2"
+    assert second.text == "a fox at step 5/10 #2"  # {step} is 0-based, as in the schedule and the trace
     third = policy.refine([Observation("a fox", "x", 7, 10, history=["a", "b", "c"])])[0]
-    assert third.text == "a fox at step 8/10 #4"  # the last line repeats
+    assert third.text == "a fox at step 7/10 #4"  # the last line repeats
     plans = policy.plan(["a fox"], [2, 5], 10)
-    assert [r.text for r in plans[0]] == ["a fox, detailed", "a fox at step 6/10 #2"]
+    assert [r.text for r in plans[0]] == ["a fox, detailed", "a fox at step 5/10 #2"]
 
 
 def test_trace_node_renders_strip_and_text(tmp_path):
@@ -150,7 +150,7 @@ def test_registry_metadata():
     assert project["name"] and "comfyui" not in project["name"].lower()
     assert project["version"].count(".") == 2
     assert project["urls"]["Repository"].startswith("https://")
-    assert "promptloop" in project["dependencies"]
+    assert [d.split("[")[0] for d in project["dependencies"]] == ["promptloop"]
     assert {"PublisherId", "DisplayName", "Icon"} <= set(comfy)
     assert (source / "requirements.txt").read_text().count("promptloop") >= 1
 

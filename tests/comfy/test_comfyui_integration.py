@@ -1,11 +1,17 @@
 """The node pack in a real, headless ComfyUI (CPU): the example workflow runs and its trace shows
-the refinements; the PromptLoop sampler matches graphs built from ComfyUI's own nodes.
+the refinements; the PromptLoop sampler matches graphs built from ComfyUI's own nodes; ComfyUI's
+own page, in a real headless Chromium, loads the UI-format example with every node known and
+every widget visible, and converts it to the API-format file.
 
 ComfyUI is not on PyPI, so this runs only when pointed at a checkout:
 
     PROMPTLOOP_COMFYUI_DIR=/path/to/ComfyUI \
     PROMPTLOOP_COMFYUI_PYTHON=/path/to/ComfyUI/.venv/bin/python \
     python -m pytest tests/comfy/test_comfyui_integration.py -s
+
+The browser test needs Debian's ``chromium`` and ``chromium-driver`` (``apt-get install chromium
+chromium-driver``; other paths: ``PROMPTLOOP_CHROMIUM``, ``PROMPTLOOP_CHROMEDRIVER``) and selenium
+(the ``dev`` extra).
 
 ComfyUI's Python must be able to ``import promptloop`` (``pip install -e .`` into it). Everything
 the run writes goes to a temporary ``--base-directory`` (models, custom_nodes, output, database):
@@ -19,6 +25,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -35,11 +42,14 @@ from promptloop.comfy_nodes.install import find_comfyui_python, install_into
 COMFY_DIR = os.environ.get("PROMPTLOOP_COMFYUI_DIR")
 HERE = Path(__file__).resolve().parent
 WORKFLOW = HERE.parents[1] / "comfy_nodes" / "workflows" / "promptloop_api.json"
+UI_WORKFLOW = WORKFLOW.with_name("promptloop_ui.json")
 CKPT = "tiny_sd15.safetensors"
 TEXT = "a lighthouse on a rocky cliff at sunset"
 
 pytestmark = [
     pytest.mark.slow,
+    # ComfyUI runs a dozen sampler graphs and the policy trains an adapter: minutes on a busy CPU
+    pytest.mark.timeout(3600),
     pytest.mark.skipif(
         not COMFY_DIR,
         reason="PROMPTLOOP_COMFYUI_DIR is not set: point it at a ComfyUI checkout (and PROMPTLOOP_COMFYUI_PYTHON "
@@ -74,8 +84,9 @@ class ComfyServer:
         with urllib.request.urlopen(self.url + path, timeout=30) as response:
             return json.loads(response.read())
 
-    def run(self, graph: dict, timeout: float = 900.0) -> dict:
-        """Queue ``graph``, wait on the websocket until it has run, return its /history entry."""
+    def run(self, graph: dict, timeout: float = 900.0, *, expect_error: bool = False) -> dict:
+        """Queue ``graph``, wait on the websocket until it has run, return its /history entry
+        (with ``expect_error``: the ``execution_error`` event's data)."""
         client_id = uuid.uuid4().hex
         ws = _connect_ws(f"ws://127.0.0.1:{self.port}/ws?clientId={client_id}")
         try:
@@ -101,12 +112,15 @@ class ComfyServer:
                 if data.get("prompt_id") not in (None, prompt_id):
                     continue
                 if event["type"] == "execution_error":
+                    if expect_error:
+                        return data
                     raise AssertionError(f"workflow failed: {data.get('exception_message')}\n"
                                          f"{''.join(data.get('traceback', []))}")
                 if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
                     break
         finally:
             ws.close()
+        assert not expect_error, "the workflow ran without the expected error"
         history = self.get(f"/history/{prompt_id}")[prompt_id]
         assert history["status"]["status_str"] == "success", history["status"]
         return history
@@ -252,7 +266,9 @@ def comfy(comfy_base):
 
     port = _free_port()
     log = comfy_base / "comfyui.log"
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    # One thread: the models are tiny, and on a shared CPU spinning OpenMP threads cost more than they give.
+    env = {"OMP_NUM_THREADS": "1", **os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
     with open(log, "w") as out:
         proc = subprocess.Popen(
             [python, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(port),
@@ -445,6 +461,40 @@ def test_sampler_matches_comfyui_graphs(comfy):
     assert async_trace["meta"]["segments"] == [[0, 2], [2, 4], [4, 6]]
 
 
+def test_what_the_user_is_told(comfy):
+    """Policy failures and a schedule outside the run reach ComfyUI's console and the trace; an
+    unknown policy name says where it was looked for."""
+    g = _base_graph()
+    g["remote"] = {"class_type": "PromptLoopRemotePolicy", "inputs": {
+        "url": f"http://127.0.0.1:{_free_port()}", "protocol": "promptloop", "api_key": "", "timeout_s": 2.0}}
+    g["pl_remote"] = _pl_sampler("1,3")
+    g["pl_remote"]["inputs"]["policy"] = ["remote", 0]
+    g["trace_remote"] = _trace_node("pl_remote")
+    g["pl_late"] = _pl_sampler("25")
+    g["trace_late"] = _trace_node("pl_late")
+    history = comfy.run(g)
+    log = comfy.log.read_text()
+    remote, late = _trace(history, "trace_remote"), _trace(history, "trace_late")
+    assert [(e["step"], e["fallback"]) for e in remote["entries"]] == [(1, "error"), (3, "error")]
+    assert "PromptLoop Sampler: the policy's answer was not used at step 1 of 0-5, step 3 of 0-5 (sample 0): error:" in log
+    assert "PromptLoop Sampler: schedule '25': step 25 never refines: a 6-step run can refine after steps 0-4" in log
+    assert late["entries"] == [] and "step 25 never refines" in late["meta"]["warnings"][0]
+    assert history["outputs"]["trace_late"]["text"][0].startswith("warning: schedule '25'")
+    assert "step 1 of 0-5: kept prompt (error:" in history["outputs"]["trace_remote"]["text"][0]
+
+    g = _base_graph()
+    g["load"] = {"class_type": "PromptLoopLoadPolicy", "inputs": {
+        "policy": "no-such-policy", "backend": "transformers", "adapter": "", "device": "auto", "dtype": "auto",
+        "max_new_tokens": 16, "temperature": 0.0}}
+    g["pl"] = _pl_sampler("1")
+    g["pl"]["inputs"]["policy"] = ["load", 0]
+    g["save"] = _save("pl", "unknown")
+    error = comfy.run(g, expect_error=True)
+    print("\n[unknown policy]", error["exception_message"])
+    assert error["exception_type"].endswith("FileNotFoundError")
+    assert str(comfy.base / "models" / "promptloop" / "no-such-policy") in error["exception_message"]
+
+
 def test_interrupt_stops_the_sampler(comfy):
     """ComfyUI's Cancel (POST /interrupt) stops a PromptLoop run between steps."""
     g = _base_graph()
@@ -480,3 +530,158 @@ def test_interrupt_stops_the_sampler(comfy):
         ws.close()
     history = comfy.get(f"/history/{prompt_id}")[prompt_id]
     assert "save" not in history.get("outputs", {})
+
+
+# -- the page, in a real browser ---------------------------------------------------------------
+# For a closed network: no background requests, no first-run or sync services, a fresh profile.
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--window-size=1920,1080"]
+
+# Runs in the page: load the UI workflow as Workflow -> Open does, let the canvas lay the nodes
+# out, and report what the editor made of them plus the page's own UI -> API conversion.
+LOAD_AND_INSPECT = """
+const workflow = arguments[0];
+return (async () => {
+  const frame = () => new Promise(resolve => requestAnimationFrame(() => resolve()));
+  await app.loadGraphData(workflow, true, true, "promptloop_ui.json");
+  for (let i = 0; i < 5; i++) { app.canvas.setDirty(true, true); app.canvas.draw(true, true); await frame(); }
+  const canvas = app.canvas.canvas.getBoundingClientRect();
+  const nodes = app.graph.nodes.map(n => ({
+    id: String(n.id), type: n.type, title: n.title, registered: n.type in LiteGraph.registered_node_types,
+    comfyClass: n.comfyClass ?? null, has_errors: !!n.has_errors, color: n.color ?? null, bgcolor: n.bgcolor ?? null,
+    pos: Array.from(n.pos), size: Array.from(n.size), bounding: Array.from(n.boundingRect),
+    min_size: Array.from(n.computeSize()),
+    widgets: (n.widgets ?? []).map(w => {
+      let element = null;
+      if (w.element) {
+        const r = w.element.getBoundingClientRect();
+        const top = document.elementFromPoint(r.left + r.width / 2, r.top + r.height / 2);
+        element = {width: r.width, height: r.height, on_top: !!top && (top === w.element || w.element.contains(top)),
+                   display: getComputedStyle(w.element).display, visibility: getComputedStyle(w.element).visibility};
+      }
+      // canvas widgets: is the page's canvas what is under the widget's left end, middle and
+      // right end (not a menu, side bar, minimap or dialog over it)?
+      let on_canvas = null;
+      if (!w.element && w.y != null && w.computedHeight) {
+        const cy = n.pos[1] + w.y + w.computedHeight / 2;
+        on_canvas = [n.pos[0] + 12, n.pos[0] + n.size[0] / 2, n.pos[0] + n.size[0] - 12].map(cx => {
+          const [sx, sy] = app.canvas.ds.convertOffsetToCanvas([cx, cy]);
+          return document.elementFromPoint(canvas.left + sx, canvas.top + sy) === app.canvas.canvas;
+        });
+      }
+      return {name: w.name, type: w.type, y: w.y ?? w.last_y ?? null, height: w.computedHeight ?? null,
+              visible: n.isWidgetVisible ? n.isWidgetVisible(w) : !w.hidden, element, on_canvas};
+    }),
+  }));
+  const prompt = await app.graphToPrompt();
+  const dialogs = Array.from(document.querySelectorAll('[role="dialog"]')).map(d => d.innerText.slice(0, 300));
+  return {nodes, output: prompt.output, canvas: [canvas.left, canvas.top, canvas.width, canvas.height],
+          ds: {scale: app.canvas.ds.scale, offset: Array.from(app.canvas.ds.offset)}, dialogs};
+})();
+"""
+
+
+def _find(env: str, *names: str) -> str | None:
+    if os.environ.get(env):
+        return os.environ[env]
+    return next((found for name in names if (found := shutil.which(name))), None)
+
+
+@pytest.fixture(scope="module")
+def browser(comfy, tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = _find("PROMPTLOOP_CHROMIUM", "chromium", "chromium-browser")
+    driver = _find("PROMPTLOOP_CHROMEDRIVER", "chromedriver")
+    assert chromium and driver, "the browser test needs Chromium and its driver: apt-get install chromium chromium-driver"
+    # A new ComfyUI user gets the template browser over the canvas; a returning one does not.
+    request = urllib.request.Request(comfy.url + "/settings/Comfy.TutorialCompleted", b"true",
+                                     {"Content-Type": "application/json"}, method="POST")
+    urllib.request.urlopen(request, timeout=30).close()
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS + [f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"]:
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    session.set_script_timeout(120)
+    try:
+        yield session
+    finally:
+        session.quit()
+
+
+def _overlap(a, b) -> bool:
+    """Whether two ``[x, y, width, height]`` rectangles share an area."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def test_ui_workflow_in_the_browser(comfy, browser):
+    """ComfyUI's page loads the UI example: no missing or red node, every widget visible, and its
+    own UI -> API conversion (graphToPrompt) gives the API-format file."""
+    start = time.perf_counter()
+    browser.get(comfy.url)
+    deadline = time.monotonic() + 300
+    ready = "return !!(window.app && app.graph && app.canvas && window.LiteGraph && " \
+            "LiteGraph.registered_node_types['PromptLoopSampler'])"
+    while not browser.execute_script(ready):
+        assert time.monotonic() < deadline, f"the page did not come up\n{browser.get_log('browser')}"
+        time.sleep(0.5)
+    loaded = time.perf_counter() - start
+    page = browser.execute_script(LOAD_AND_INSPECT, json.loads(UI_WORKFLOW.read_text()))
+    browser.save_screenshot(str(comfy.base / "promptloop_ui.png"))
+    logs = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    print(f"\n[browser] page up in {loaded:.1f} s, workflow checked in {time.perf_counter() - start - loaded:.1f} s; "
+          f"view {page['ds']}, canvas {page['canvas']}; screenshot {comfy.base / 'promptloop_ui.png'}")
+    for node in page["nodes"]:
+        print(f"  {node['id']:>2} {node['type']:<24} pos {[round(v) for v in node['pos']]} size "
+              f"{[round(v) for v in node['size']]} (needs {[round(v) for v in node['min_size']]})")
+
+    api = json.loads(WORKFLOW.read_text())
+    nodes = {n["id"]: n for n in page["nodes"]}
+    # every node known to the page (a missing type becomes a red placeholder with has_errors)
+    assert {i: n["type"] for i, n in nodes.items()} == {i: spec["class_type"] for i, spec in api.items()}
+    for node in nodes.values():
+        assert node["registered"] and node["comfyClass"] == node["type"] and not node["has_errors"], node
+        assert node["color"] is None and node["bgcolor"] is None, node  # not marked (red) by the page
+    assert not [d for d in page["dialogs"] if "missing" in d.lower()], page["dialogs"]
+    assert not [m for m in logs if "promptloop" in m.lower() or "validation" in m.lower()], logs
+
+    # no node covers another, each node has the room the editor computes for it, and every
+    # widget lies inside its own node and under no other
+    for a in nodes.values():
+        for b in nodes.values():
+            if a["id"] < b["id"]:
+                assert not _overlap(a["bounding"], b["bounding"]), (a["type"], b["type"])
+    for node in nodes.values():
+        assert node["size"][0] >= node["min_size"][0] - 1 and node["size"][1] >= node["min_size"][1] - 1, node
+        x, y = node["pos"]
+        for widget in node["widgets"]:
+            where = f"{node['type']}.{widget['name']}"
+            assert widget["visible"] and widget["y"] is not None and widget["height"], (where, widget)
+            assert widget["y"] + widget["height"] <= node["size"][1] + 1, (where, widget, node["size"])
+            rect = [x, y + widget["y"], node["size"][0], widget["height"]]
+            covering = [o["type"] for o in nodes.values() if o["id"] != node["id"] and _overlap(rect, o["bounding"])]
+            assert not covering, (where, covering)
+            if widget["on_canvas"] is not None:  # drawn on the canvas, and nothing of the page is over it
+                assert all(widget["on_canvas"]), (where, widget)
+            if widget["element"] is not None:  # a DOM widget (the multiline prompt): shown and on top
+                element = widget["element"]
+                assert element["display"] != "none" and element["visibility"] == "visible", (where, element)
+                assert element["width"] > 50 and element["height"] > 30 and element["on_top"], (where, element)
+    pack_widgets = {n["type"]: [w["name"] for w in n["widgets"]] for n in nodes.values() if n["type"].startswith("PromptLoop")}
+    sampler_widgets = set(pack_widgets["PromptLoopSampler"])
+    assert {"text", "schedule", "mode", "preview", "preview_size", "timeout_s", "async_delay"} <= sampler_widgets
+
+    # the whole graph is on screen at the view the workflow opens with
+    scale, (ox, oy) = page["ds"]["scale"], page["ds"]["offset"]
+    width, height = page["canvas"][2:]
+    for node in nodes.values():
+        bx, by, bw, bh = node["bounding"]
+        assert (bx + ox) * scale >= 0 and (by + oy) * scale >= 0, node["type"]
+        assert (bx + bw + ox) * scale <= width and (by + bh + oy) * scale <= height, (node["type"], page["canvas"])
+
+    # the page's own UI -> API conversion is the API-format file
+    assert page["output"] == api

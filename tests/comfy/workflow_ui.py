@@ -5,6 +5,12 @@ the tests, to check the two stay the same graph. Inputs of type INT / FLOAT / ST
 a list of choices are widgets (their values go to ``widgets_values``, in ``INPUT_TYPES`` order,
 with the extra "control after generate" value after a seed); the others are links.
 
+Layout: one column per depth of the graph (sources on the left), nodes stacked in a column, each
+node as large as the editor will make it (:func:`node_size` follows litegraph's
+``LGraphNode.computeSize``: slot rows, widget rows, a taller box for multiline text and room for
+the images an output node shows), so that no node covers another once the editor has sized them.
+The real-ComfyUI browser test checks that in Chromium.
+
     python tests/comfy/workflow_ui.py   # rewrites promptloop_ui.json
 """
 
@@ -51,6 +57,75 @@ def _pack_signature(class_type: str):
     return inputs, list(zip(names, cls.RETURN_TYPES)), seeds
 
 
+# litegraph's sizes (LiteGraphGlobal: NODE_TITLE_HEIGHT, NODE_SLOT_HEIGHT, NODE_WIDGET_HEIGHT)
+TITLE_H, SLOT_H, WIDGET_H = 30, 20, 20
+MULTILINE_H = 110  # a multiline STRING (a textarea the editor lets grow)
+IMAGE_H = 220  # room for the images an output node shows after a run
+GAP_X, GAP_Y = 60, 40
+IMAGE_NODES = {"SaveImage", "PreviewImage", "PromptLoopTrace"}
+
+
+def _multiline(class_type: str) -> set[str]:
+    if class_type == "CLIPTextEncode":
+        return {"text"}
+    if class_type in CORE_NODES:
+        return set()
+    sys.path.insert(0, str(ROOT))
+    from comfy_nodes.nodes import NODE_CLASS_MAPPINGS
+
+    spec = NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
+    return {name for section in ("required", "optional") for name, value in spec.get(section, {}).items()
+            if len(value) > 1 and value[1].get("multiline")}
+
+
+def node_size(node: dict) -> list[int]:
+    """At least the size litegraph's ``computeSize`` gives the node once its widgets exist."""
+    rows = max(len(node["inputs"]), len(node["outputs"]), 1)
+    multiline = _multiline(node["type"])
+    widgets = [name for name in node["_widget_names"]]
+    height = rows * SLOT_H + 8 + 6
+    for name in widgets:
+        height += (MULTILINE_H if name in multiline else WIDGET_H) + 4
+    if node["type"] in IMAGE_NODES:
+        height += IMAGE_H
+    width = 400 if node["type"] in IMAGE_NODES or multiline else 330
+    return [width, height + 10]
+
+
+def layout(nodes: dict[int, dict], links: list[list]) -> None:
+    """Columns by depth (longest path from a source), stacked top to bottom, no overlaps.
+
+    A node whose outputs go nowhere (Save Image, the trace viewer) goes under its deepest input
+    rather than into a column of its own, which keeps the graph one screen wide.
+    """
+    parents: dict[int, set[int]] = {i: set() for i in nodes}
+    for _, src, _, dst, _, _ in links:
+        parents[dst].add(src)
+    sources = {src for _, src, _, _, _, _ in links}
+    depth: dict[int, int] = {}
+
+    def level(i: int) -> int:
+        if i not in depth:
+            depth[i] = 1 + max((level(p) for p in parents[i]), default=-1)
+        return depth[i]
+
+    columns: dict[int, list[int]] = {}
+    for i in sorted(nodes):
+        column = level(i) - 1 if i not in sources and parents[i] else level(i)
+        columns.setdefault(column, []).append(i)
+    x = 40
+    for column in sorted(columns):
+        y = 40 + TITLE_H
+        width = 0
+        for i in columns[column]:
+            node = nodes[i]
+            node["size"] = node_size(node)
+            node["pos"] = [x, y]
+            y += node["size"][1] + TITLE_H + GAP_Y
+            width = max(width, node["size"][0])
+        x += width + GAP_X
+
+
 def signature(class_type: str):
     if class_type in CORE_NODES:
         inputs, outputs = CORE_NODES[class_type]
@@ -69,8 +144,8 @@ def api_to_ui(api: dict) -> dict:
         node = {
             "id": ids[key],
             "type": spec["class_type"],
-            "pos": [60 + 360 * (index % 4), 80 + 420 * (index // 4)],
-            "size": [320, 260],
+            "pos": [0, 0],
+            "size": [0, 0],
             "flags": {},
             "order": index,
             "mode": 0,
@@ -78,6 +153,7 @@ def api_to_ui(api: dict) -> dict:
             "outputs": [{"name": n, "type": t, "links": [], "slot_index": s} for s, (n, t) in enumerate(outputs)],
             "properties": {"Node name for S&R": spec["class_type"]},
             "widgets_values": [],
+            "_widget_names": [],
         }
         if "_meta" in spec and "title" in spec["_meta"]:
             node["title"] = spec["_meta"]["title"]
@@ -87,8 +163,10 @@ def api_to_ui(api: dict) -> dict:
             value = spec["inputs"][name]
             if kind in WIDGET_TYPES and not isinstance(value, list):
                 node["widgets_values"].append(value)
+                node["_widget_names"].append(name)
                 if name in seeds:
                     node["widgets_values"].append("fixed")
+                    node["_widget_names"].append("control_after_generate")
             else:
                 node["inputs"].append({"name": name, "type": kind, "link": None})
         nodes[ids[key]] = node
@@ -101,6 +179,9 @@ def api_to_ui(api: dict) -> dict:
             links.append([link_id, ids[src_key], src_slot, ids[key], nodes[ids[key]]["inputs"].index(slot_in), slot_type])
             slot_in["link"] = link_id
             nodes[ids[src_key]]["outputs"][src_slot]["links"].append(link_id)
+    layout(nodes, links)
+    for node in nodes.values():
+        del node["_widget_names"]
     return {
         "last_node_id": max(nodes),
         "last_link_id": len(links),

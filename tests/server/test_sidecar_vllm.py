@@ -7,7 +7,7 @@ import concurrent.futures
 
 import httpx
 import pytest
-from conftest import API_KEY
+from conftest import API_KEY, server_settings, start_server
 from PIL import Image
 from trained_policy import ADAPTER_ANSWER, BASE_ANSWER
 
@@ -84,7 +84,6 @@ def test_openai_client_against_a_real_vllm_serve(openai_endpoint, tf_policy):
     """OpenAIChatPolicy (base64 image_url parts, concurrent requests) against `vllm serve` of the
     same weights gives the in-process answers; the LoRA module is a served model name; and the
     sidecar with --backend openai forwards to it."""
-    from conftest import server_settings, start_server
 
     from promptloop.policies.openai import OpenAIChatPolicy
 

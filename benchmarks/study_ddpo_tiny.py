@@ -1,0 +1,75 @@
+"""Does a short CPU run of DDPO / B²-DiffuRL raise JPEG compressibility on the tiny SD pipeline?
+
+For each trainer and seed: the mean reward of the untuned backbone and of the tuned one on the
+held-out prompts x fixed sampling seeds (same DDIM eta-1 sampler, same noise), their difference,
+and the effect size over seeds (mean difference / its standard deviation). Also samples per
+second and seconds per training epoch/stage.
+
+    python benchmarks/study_ddpo_tiny.py --seeds 0 1 2 --trainers ddpo b2
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from promptloop.training.config import load_config
+from promptloop.training.diffusion.b2 import B2Trainer
+from promptloop.training.diffusion.config import B2Config, DDPOConfig
+from promptloop.training.diffusion.ddpo import DDPOTrainer
+
+ROOT = Path(__file__).resolve().parents[1]
+PRESETS = {"ddpo": (DDPOConfig, DDPOTrainer, "ddpo_tiny.yaml"), "b2": (B2Config, B2Trainer, "b2_tiny.yaml")}
+
+
+def run(kind: str, seed: int, extra: list[str]) -> dict[str, float]:
+    cls, trainer_cls, preset = PRESETS[kind]
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load_config(cls, ROOT / "training" / "configs" / preset,
+                          [f"output_dir={out}", f"seed={seed}", "progress=false", "report_to=none", "save_steps=0",
+                           *extra])
+        trainer = trainer_cls(cfg)
+        heldout = ["a tiny house on a hill", "a yellow boat on a lake", "an owl in the moonlight",
+                   "a bowl of ramen", "a snowy mountain village"]
+        base = trainer.evaluate(heldout, num_seeds=2)
+        times, rates = [], []
+        for step in range(cfg.max_steps):
+            t0 = time.perf_counter()
+            metrics = trainer.epoch(step)
+            times.append(time.perf_counter() - t0)
+            rates.append(metrics["train/samples_per_second"])
+            trainer.step = step + 1
+        tuned = trainer.evaluate(heldout, num_seeds=2)
+    return {"base": base, "tuned": tuned, "diff": tuned - base, "sec_per_epoch": statistics.mean(times),
+            "samples_per_s": statistics.mean(rates)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trainers", nargs="+", default=["ddpo", "b2"], choices=sorted(PRESETS))
+    parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    for kind in args.trainers:
+        rows = []
+        for seed in args.seeds:
+            r = run(kind, seed, args.overrides)
+            rows.append(r)
+            print(f"{kind} seed {seed}: base {r['base']:.4f}  tuned {r['tuned']:.4f}  diff {r['diff']:+.4f}  "
+                  f"{r['sec_per_epoch']:.1f} s/epoch  {r['samples_per_s']:.2f} samples/s", flush=True)
+        diffs = [r["diff"] for r in rows]
+        sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+        print(f"{kind}: mean diff {statistics.mean(diffs):+.4f} kB-score over {len(diffs)} seeds, "
+              f"effect size (mean/sd) {statistics.mean(diffs) / sd if sd == sd and sd > 0 else float('nan'):.2f}, "
+              f"improved in {sum(d > 0 for d in diffs)}/{len(diffs)}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,275 @@
+"""The ShapesWorld caption grammar: several phrasings of one scene, and the parser back.
+
+Phrasings (``STYLES``) of a scene with a large red circle at the top left, a small red circle at the
+bottom right and a small blue square in the centre:
+
+- ``terse``: "two red circles and a blue square"
+- ``counted``: "three shapes: two red circles and one blue square"
+- ``sized``: "a large red circle, a small blue square and a small red circle"
+- ``placed``: "a red circle at the top left, a blue square in the centre and a red circle at the bottom right"
+- ``full``: "a large red circle at the top left, a small blue square in the centre and a small red
+  circle at the bottom right"
+- ``relational``: "a red circle left of a blue square left of a red circle" (each relation links a
+  shape to the next one in the chain)
+
+Grammar (words only from :data:`VOCABULARY`)::
+
+    prompt  := [NUMBER ("shape"|"shapes") ":"] chain (("," ["and"] | "and") chain)*
+    chain   := np (RELATION np)*            -- an np inside a relation chain names one shape
+    np      := DET [SIZE] COLOUR KIND [POSITION]
+    DET     := a | an | one | two | three
+    POSITION:= at the top left | at the top | ... | in the centre   (see scene.CELL_PHRASES)
+    RELATION:= left of | right of | above | below
+
+:func:`parse_prompt` turns a prompt into a :class:`Spec` (the shapes it asks for, with the
+attributes it states); it raises :class:`ParseError` on anything outside the grammar.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from promptloop.worlds.shapes.scene import CELL_PHRASES, COLORS, KINDS, SIZES, Scene, Shape, relation
+
+STYLES: tuple[str, ...] = ("terse", "counted", "sized", "placed", "full", "relational")
+NUMBERS: dict[str, int] = {"a": 1, "an": 1, "one": 1, "two": 2, "three": 3}
+_NUMBER_WORDS = {1: "one", 2: "two", 3: "three"}
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+_PHRASE_CELLS = {phrase: cell for cell, phrase in CELL_PHRASES.items()}
+_PLURALS = {kind + "s": kind for kind in KINDS}
+
+#: Every word a caption of the grammar may contain (the backbone's tokenizer vocabulary).
+VOCABULARY: tuple[str, ...] = tuple(dict.fromkeys(
+    list(NUMBERS) + ["shape", "shapes", ":", ",", "and"] + list(SIZES) + list(COLORS) + list(KINDS)
+    + list(_PLURALS) + " ".join(CELL_PHRASES.values()).split() + " ".join(RELATIONS).split()
+))
+
+
+class ParseError(ValueError):
+    """The prompt is not a sentence of the ShapesWorld grammar."""
+
+
+@dataclass(frozen=True)
+class Mention:
+    """One shape a prompt asks for; ``size`` and ``cell`` are None when the prompt does not say."""
+
+    color: str
+    kind: str
+    size: str | None = None
+    cell: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a prompt asks for: the shapes (expanded: "two red circles" is two mentions), the
+    relations between them as ``(i, relation, j)`` over mention indices, and the stated total."""
+
+    mentions: tuple[Mention, ...]
+    relations: tuple[tuple[int, str, int], ...] = ()
+    total: int | None = None
+
+    def color_kinds(self) -> Counter:
+        """How many shapes of each (colour, kind) the prompt asks for."""
+        return Counter((m.color, m.kind) for m in self.mentions)
+
+    def attributes(self) -> dict:
+        """A canonical, order-free summary: what every phrasing of one scene agrees on."""
+        return {"count": len(self.mentions), "color_kinds": dict(sorted(self.color_kinds().items()))}
+
+
+@dataclass
+class _Tokens:
+    words: list[str]
+    pos: int = 0
+    consumed: list[str] = field(default_factory=list)
+
+    def peek(self, n: int = 1) -> list[str]:
+        return self.words[self.pos:self.pos + n]
+
+    def take(self) -> str:
+        if self.pos >= len(self.words):
+            raise ParseError("unexpected end of prompt")
+        word = self.words[self.pos]
+        self.pos += 1
+        return word
+
+    def done(self) -> bool:
+        return self.pos >= len(self.words)
+
+
+def tokenize(prompt: str) -> list[str]:
+    """Lower-case words, with ``:`` and ``,`` as their own tokens (``center`` reads as ``centre``)."""
+    text = re.sub(r"([:,])", r" \1 ", prompt.lower().replace("center", "centre")).replace(".", " ")
+    return text.split()
+
+
+# --------------------------------------------------------------------------- captions
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _np(shape: Shape, *, size: bool, position: bool) -> str:
+    words = ([shape.size] if size else []) + [shape.color, shape.kind]
+    text = f"{_article(words[0])} {' '.join(words)}"
+    return f"{text} {CELL_PHRASES[shape.cell]}" if position else text
+
+
+def _join(parts: list[str]) -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def _groups(scene: Scene) -> list[tuple[tuple[str, str], int]]:
+    counts: Counter = Counter()
+    for shape in scene.shapes:
+        counts[(shape.color, shape.kind)] += 1
+    return list(counts.items())  # first-appearance order
+
+
+def caption(scene: Scene, style: str = "terse") -> str:
+    """The scene described in one of :data:`STYLES`."""
+    if not scene.shapes:
+        raise ValueError("an empty scene has no caption")
+    if style == "terse" or style == "counted":
+        parts = []
+        for (color, kind), n in _groups(scene):
+            if n == 1:
+                det = "one" if style == "counted" else _article(color)
+                parts.append(f"{det} {color} {kind}")
+            else:
+                parts.append(f"{_NUMBER_WORDS[n]} {color} {kind}s")
+        body = _join(parts)
+        if style == "counted":
+            n = len(scene.shapes)
+            return f"{_NUMBER_WORDS[n]} {'shape' if n == 1 else 'shapes'}: {body}"
+        return body
+    if style in ("sized", "placed", "full"):
+        return _join([_np(s, size=style != "placed", position=style != "sized") for s in scene.shapes])
+    if style == "relational":
+        if len(scene.shapes) == 1:
+            return _np(scene.shapes[0], size=False, position=True)
+        text = _np(scene.shapes[0], size=False, position=False)
+        for a, b in zip(scene.shapes, scene.shapes[1:]):
+            text += f" {relation(a, b)} {_np(b, size=False, position=False)}"
+        return text
+    raise ValueError(f"unknown caption style {style!r}; choose from {STYLES}")
+
+
+def explicit_caption(shapes: Sequence[Shape]) -> str:
+    """The ``full`` phrasing of ``shapes`` in the order given (e.g. the order a user named them)."""
+    if not shapes:
+        raise ValueError("no shapes to describe")
+    return _join([_np(s, size=True, position=True) for s in shapes])
+
+
+def all_captions(scene: Scene) -> dict[str, str]:
+    """Every phrasing of the scene, by style."""
+    return {style: caption(scene, style) for style in STYLES}
+
+
+#: How often each style appears among training captions.
+TRAIN_STYLE_WEIGHTS: dict[str, float] = {
+    "terse": 0.25, "counted": 0.1, "sized": 0.1, "placed": 0.15, "full": 0.25, "relational": 0.15,
+}
+
+
+def random_caption(scene: Scene, rng: random.Random) -> str:
+    """A caption in a style drawn from :data:`TRAIN_STYLE_WEIGHTS`."""
+    style = rng.choices(list(TRAIN_STYLE_WEIGHTS), weights=list(TRAIN_STYLE_WEIGHTS.values()))[0]
+    return caption(scene, style)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def _parse_np(tokens: _Tokens) -> tuple[int, Mention]:
+    det = tokens.take()
+    if det not in NUMBERS:
+        raise ParseError(f"expected a/an/one/two/three, got {det!r}")
+    n = NUMBERS[det]
+    size = tokens.take() if tokens.peek() and tokens.peek()[0] in SIZES else None
+    color = tokens.take()
+    if color not in COLORS:
+        raise ParseError(f"expected a colour, got {color!r}")
+    word = tokens.take()
+    kind = _PLURALS.get(word, word)
+    if kind not in KINDS:
+        raise ParseError(f"expected a shape, got {word!r}")
+    if (n > 1) != (word in _PLURALS):
+        raise ParseError(f"{det!r} does not agree with {word!r}")
+    cell = None
+    for phrase, phrase_cell in sorted(_PHRASE_CELLS.items(), key=lambda kv: -len(kv[0])):
+        words = phrase.split()
+        if tokens.peek(len(words)) == words:
+            tokens.pos += len(words)
+            cell = phrase_cell
+            break
+    if cell is not None and n > 1:
+        raise ParseError("several shapes cannot share one position")
+    return n, Mention(color, kind, size, cell)
+
+
+def _parse_relation(tokens: _Tokens) -> str | None:
+    for rel in RELATIONS:
+        words = rel.split()
+        if tokens.peek(len(words)) == words:
+            tokens.pos += len(words)
+            return rel
+    return None
+
+
+def parse_prompt(prompt: str) -> Spec:
+    """Parse a prompt of the grammar into a :class:`Spec`; :class:`ParseError` otherwise."""
+    tokens = _Tokens(tokenize(prompt))
+    if not tokens.words:
+        raise ParseError("empty prompt")
+    total = None
+    if len(tokens.words) > 2 and tokens.words[1] in ("shape", "shapes") and tokens.words[2] == ":":
+        if tokens.words[0] not in NUMBERS:
+            raise ParseError(f"expected a number before {tokens.words[1]!r}")
+        total = NUMBERS[tokens.words[0]]
+        tokens.pos = 3
+    mentions: list[Mention] = []
+    relations: list[tuple[int, str, int]] = []
+    while True:
+        n, mention = _parse_np(tokens)
+        mentions.extend([mention] * n)
+        while (rel := _parse_relation(tokens)) is not None:
+            if n != 1:
+                raise ParseError("a relation needs one shape on each side")
+            left = len(mentions) - 1
+            n, mention = _parse_np(tokens)
+            if n != 1:
+                raise ParseError("a relation needs one shape on each side")
+            mentions.append(mention)
+            relations.append((left, rel, len(mentions) - 1))
+        if tokens.done():
+            break
+        sep = tokens.take()
+        if sep == ",":
+            if tokens.peek() == ["and"]:
+                tokens.take()
+        elif sep != "and":
+            raise ParseError(f"unexpected word {sep!r}")
+    if total is not None and total != len(mentions):
+        raise ParseError(f"the prompt says {total} shapes but names {len(mentions)}")
+    if len(mentions) > 9:
+        raise ParseError("more shapes than cells")
+    cells = [m.cell for m in mentions if m.cell is not None]
+    if len(set(cells)) != len(cells):
+        raise ParseError("two shapes are placed in the same cell")
+    return Spec(tuple(mentions), tuple(relations), total)
+
+
+def is_valid_prompt(prompt: str) -> bool:
+    """True when :func:`parse_prompt` accepts the prompt."""
+    try:
+        parse_prompt(prompt)
+    except ParseError:
+        return False
+    return True

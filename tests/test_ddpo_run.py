@@ -1,0 +1,130 @@
+"""DDPO and B²-DiffuRL end to end on the tiny SD pipeline: exact resume, the adapter in a plain
+diffusers pipeline with the PromptLoop hook, the CLI (issue 10, items 2, 3 and 5)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from promptloop.training.config import load_config
+from promptloop.training.diffusion.b2 import B2Trainer
+from promptloop.training.diffusion.config import B2Config, DDPOConfig
+from promptloop.training.diffusion.ddpo import DDPOTrainer
+
+COMMON = ["device=cpu", "report_to=tensorboard", "progress=false", "eval_steps=0", "lora_r=4", "lora_alpha=8",
+          "learning_rate=3e-2", "max_steps=2", "save_steps=1", "save_total_limit=null"]
+RUNS = {
+    "ddpo": (DDPOConfig, DDPOTrainer, ["num_inference_steps=3", "sample_batch_size=3", "sample_num_batches_per_epoch=1",
+                                       "train_batch_size=2", "num_inner_epochs=2", "clip_range=0.2",
+                                       "per_prompt_stat_tracking=true", "stat_min_count=2",
+                                       "timestep_fraction=0.67"]),
+    "b2": (B2Config, B2Trainer, ["num_inference_steps=4", "split_step_min=2", "split_step_max=4", "num_branches=3",
+                                 "sample_batch_size=1", "sample_num_batches_per_epoch=1", "train_batch_size=2",
+                                 "gradient_accumulation_steps=1", "pos_threshold=0.3", "neg_threshold=-0.3"]),
+}
+
+
+def _run(kind, out, *extra):
+    torch.set_num_threads(1)
+    cls, trainer_cls, overrides = RUNS[kind]
+    cfg = load_config(cls, None, [f"output_dir={out}", *COMMON, *overrides, *extra])
+    trainer = trainer_cls(cfg)
+    adapter = trainer.train()
+    return trainer, adapter
+
+
+@pytest.fixture(scope="module", params=["ddpo", "b2"])
+def finished_run(request, tmp_path_factory):
+    out = tmp_path_factory.mktemp(request.param)
+    trainer, adapter = _run(request.param, out)
+    return request.param, out, trainer, adapter
+
+
+def test_resume_reaches_the_same_adapter_bit_for_bit(finished_run, tmp_path):
+    kind, out, trainer, _ = finished_run
+    assert (out / "checkpoint-1" / "trainer_state.json").exists()
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == [1, 2] and all("train/reward_mean" in m for m in metrics)
+    assert any((out / "tensorboard").iterdir())
+    if kind == "b2":
+        assert [m["train/branch_index"] for m in metrics] == [2, 1]  # split_step 2 then 3 of 4 steps
+    resumed, _ = _run(kind, tmp_path, f"resume_from_checkpoint={out / 'checkpoint-1'}")
+    a = trainer.model.lora_state_dict()
+    b = resumed.model.lora_state_dict()
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    again = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert again[-1]["train/reward_mean"] == metrics[-1]["train/reward_mean"]
+    # without the checkpoint's state the second step differs (the test can tell)
+    fresh, _ = _run(kind, tmp_path / "fresh", "max_steps=1")
+    c = fresh.model.lora_state_dict()
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_adapter_loads_into_a_plain_pipeline_and_runs_with_the_hook(finished_run):
+    from test_hook import PROMPTS, reference_callback
+
+    from helpers import run_kwargs, suffix_policy
+    from promptloop import PromptLoopHook
+    from promptloop.testing import tiny_pipeline
+
+    kind, _, trainer, adapter = finished_run
+    if kind != "ddpo":
+        pytest.skip("one adapter is enough for this check")
+    assert (adapter / "pytorch_lora_weights.safetensors").exists()
+    base = tiny_pipeline("sd")
+    plain = base(PROMPTS, **run_kwargs("sd")).images
+    tuned = tiny_pipeline("sd")
+    tuned.load_lora_weights(str(adapter))
+    tuned_images = tuned(PROMPTS, **run_kwargs("sd")).images
+    assert not np.array_equal(plain, tuned_images), "the adapter should change the image"
+    # the trainer's own UNet (adapter in place) gives the same image as the loaded adapter
+    from diffusers import DDIMScheduler
+
+    trainer.pipe.scheduler = DDIMScheduler.from_config(tuned.scheduler.config)
+    np.testing.assert_allclose(trainer.pipe(PROMPTS, **run_kwargs("sd")).images, tuned_images, atol=1e-5)
+    # hook equivalence on the tuned pipeline: the hook equals a hand-written callback
+    steps = [1, 3]
+    callback, inputs = reference_callback("sd", set(steps), PROMPTS, 1, ", oil painting")
+    expected = tuned(PROMPTS, callback_on_step_end=callback, callback_on_step_end_tensor_inputs=inputs,
+                     **run_kwargs("sd")).images
+    hook = PromptLoopHook(suffix_policy(), schedule=steps, preview_size=32)
+    got = tuned(PROMPTS, callback_on_step_end=hook, **run_kwargs("sd")).images
+    assert np.array_equal(got, expected) and not np.array_equal(got, tuned_images)
+
+
+def test_cli_prints_the_resolved_config(tmp_path):
+    from promptloop.training.cli import app
+
+    runner = CliRunner()
+    res = runner.invoke(app, ["b2", "--config", "training/configs/b2_tiny.yaml", "--set", "num_branches=4",
+                              "--print-config"])
+    assert res.exit_code == 0, res.output
+    assert "num_branches: 4" in res.output and "split_step_min: 6" in res.output
+    res = runner.invoke(app, ["ddpo", "--set", "objective=nope", "--print-config"])
+    assert res.exit_code != 0 and "objective" in res.output
+    res = runner.invoke(app, ["ddpo", "--help"])
+    assert res.exit_code == 0 and "timestep_fraction" in res.output
+
+
+@pytest.mark.slow
+def test_short_ddpo_run_raises_jpeg_compressibility_on_held_out_prompts(tmp_path):
+    """The tiny preset (4 epochs of 8 samples) against the untuned backbone, same prompts and
+    noise. benchmarks/study_ddpo_tiny.py repeats this over seeds for both trainers."""
+    from pathlib import Path
+
+    torch.set_num_threads(1)
+    preset = Path(__file__).resolve().parents[1] / "training" / "configs" / "ddpo_tiny.yaml"
+    cfg = load_config(DDPOConfig, preset, [f"output_dir={tmp_path}", "seed=0", "progress=false", "report_to=none",
+                                          "save_steps=0"])
+    trainer = DDPOTrainer(cfg)
+    heldout = ["a tiny house on a hill", "a yellow boat on a lake", "an owl in the moonlight", "a bowl of ramen",
+               "a snowy mountain village"]
+    base = trainer.evaluate(heldout, num_seeds=2)
+    trainer.train()
+    tuned = trainer.evaluate(heldout, num_seeds=2)
+    assert tuned > base + 0.03, (base, tuned)  # kB of JPEG saved per image (per-sample std ~0.05)

@@ -1,0 +1,345 @@
+"""GRPO for the PromptLoop policy.
+
+Each step: ``per_device_prompts`` prompts per process, ``num_generations`` rollouts each through
+the real loop (:func:`~promptloop.training.rollouts.rollout`); every refinement action of a
+trajectory shares its final-image reward; advantages are normalised within each prompt's group;
+then ``num_iterations`` optimiser updates on the PPO-clipped token loss (+ ``beta`` x k3 KL to
+the reference policy, which is the same model with its LoRA adapter disabled), each accumulated
+over ``gradient_accumulation_steps`` micro-batches. The output is a peft adapter directory.
+
+    from promptloop.training.config import GRPOConfig, load_config
+    from promptloop.training.grpo.trainer import GRPOTrainer
+    GRPOTrainer(load_config(GRPOConfig, "training/configs/grpo_tiny.yaml")).train()
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import random
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from promptloop.policies.base import SamplingConfig
+from promptloop.policies.transformers import TransformersPolicy
+from promptloop.rewards.registry import CombinedReward, load_reward
+from promptloop.training.config import GRPOConfig, normalise_scale_rewards
+from promptloop.training.grpo.loss import LossStats, grpo_loss, group_advantages
+from promptloop.training.models import load_backbone, load_policy_model, load_prompts
+from promptloop.training.rollouts import ActionRecord, RolloutBatch, rollout
+from promptloop.training.runtime import Runtime, derived_seed
+
+logger = logging.getLogger("promptloop.training")
+
+
+class GRPOTrainer:
+    """Train a policy's LoRA adapter with GRPO on rollouts of the loop.
+
+    Args:
+        config: a :class:`~promptloop.training.config.GRPOConfig`.
+        pipeline / model / processor / reward: already built objects instead of those the config
+            names (the model must be a trainable ``peft`` model).
+    """
+
+    def __init__(self, config: GRPOConfig, *, pipeline: Any = None, model: Any = None, processor: Any = None,
+                 reward: CombinedReward | None = None) -> None:
+        config.validate()
+        self.config = config
+        self.runtime = Runtime(config)
+        device = self.runtime.device
+        self.pipeline = pipeline if pipeline is not None else load_backbone(config.backbone, device, config.dtype)
+        self.base_path = None
+        if model is None:
+            model, processor, self.base_path = load_policy_model(config, device)
+        self.reward = reward if reward is not None else load_reward(config.reward, config.reward_options)
+        self.train_prompts = load_prompts(config.prompts)
+        self.eval_prompts = load_prompts(config.eval_prompts)[: config.eval_num_prompts]
+        self.scale_rewards = normalise_scale_rewards(config.scale_rewards)
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the policy model has no trainable parameters (expected a peft LoRA model)")
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+                                      eps=config.adam_epsilon, weight_decay=config.weight_decay)
+        from transformers import get_scheduler
+
+        # The scheduler is not passed through accelerate (which would step it once per process).
+        self.scheduler = get_scheduler(config.lr_scheduler_type, optimizer, num_warmup_steps=config.warmup_steps,
+                                       num_training_steps=max(1, config.max_steps * config.num_iterations))
+        self.model, self.optimizer = self.runtime.accelerator.prepare(model, optimizer)
+        self.unwrapped = self.runtime.accelerator.unwrap_model(self.model)
+        self.sampling = SamplingConfig(max_new_tokens=config.max_completion_length, temperature=config.temperature,
+                                       top_p=config.top_p, return_logprobs=True)
+        self.policy = TransformersPolicy(self.unwrapped, processor, self.sampling)
+        self.step = 0
+        self.rollout_policy: Any = self.policy
+        if config.rollout_backend == "vllm":
+            self.rollout_policy = self._start_vllm()
+
+    # -- vLLM rollouts ----------------------------------------------------------------------
+    def _rollout_adapter_dir(self) -> Path:
+        return self.runtime.output_dir / f"rollout-adapter-{self.runtime.process_index}"
+
+    def _start_vllm(self) -> Any:
+        """An in-process vLLM engine on the base model serving the current adapter as a LoRA."""
+        from promptloop.policies.vllm import VLLMPolicy
+
+        if self.base_path is None:
+            raise ValueError("rollout_backend=vllm needs the policy loaded from config.policy (a path)")
+        path = self._rollout_adapter_dir()
+        self.unwrapped.save_pretrained(str(path))
+        cpu = self.runtime.device.type == "cpu"
+        return VLLMPolicy(
+            self.base_path, adapter=path, sampling=self.sampling, max_lora_rank=max(8, self.config.lora_r),
+            dtype="float32" if cpu else "auto", enforce_eager=True if cpu else None,
+            engine_kwargs={"logprobs_mode": "processed_logprobs", "seed": self.config.seed},
+        )
+
+    def _sync_rollout_adapter(self) -> None:
+        """After an update: write the adapter and load it into the engine as a new LoRA request
+        (no weight merging)."""
+        if self.rollout_policy is self.policy:
+            return
+        path = self._rollout_adapter_dir()
+        self.unwrapped.save_pretrained(str(path))
+        self.rollout_policy.add_adapter("default", path)
+
+    # -- data -------------------------------------------------------------------------------
+    def prompts_for_step(self, step: int) -> list[str]:
+        """This process's prompts for ``step``: a fixed function of (seed, step, process), walking
+        through per-epoch permutations of the training prompts, so resuming needs only the step."""
+        per_step = self.config.per_device_prompts * self.runtime.num_processes
+        first = step * per_step + self.runtime.process_index * self.config.per_device_prompts
+        out = []
+        n = len(self.train_prompts)
+        for position in range(first, first + self.config.per_device_prompts):
+            epoch, index = divmod(position, n)
+            order = list(range(n))
+            random.Random(derived_seed(self.config.seed, epoch)).shuffle(order)
+            out.append(self.train_prompts[order[index]])
+        return out
+
+    # -- rollouts ---------------------------------------------------------------------------
+    def _rollout(self, prompts: Sequence[str], seed: int, *, schedule: str, temperature: float,
+                 num_generations: int) -> RolloutBatch:
+        c = self.config
+        self.rollout_policy.sampling = SamplingConfig(
+            max_new_tokens=c.max_completion_length, temperature=temperature, top_p=c.top_p,
+            return_logprobs=True, seed=derived_seed(seed, 1) % 2**31,
+        )
+        self.unwrapped.eval()
+        return rollout(
+            self.pipeline, self.rollout_policy, prompts, self.reward, num_generations=num_generations, schedule=schedule,
+            seed=seed, mode=c.mode, num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale,
+            height=c.height, width=c.width, preview=c.preview, preview_size=c.preview_size,
+        )
+
+    # -- scoring ----------------------------------------------------------------------------
+    def _score(self, actions: Sequence[ActionRecord], *, model: Any = None, grad: bool = True):
+        context = contextlib.nullcontext() if grad else torch.no_grad()
+        with context:
+            return self.policy.score([a.conversation for a in actions], [a.token_ids for a in actions],
+                                     model=model, temperature=self.config.temperature)
+
+    def _micro_batches(self, n: int) -> list[list[int]]:
+        k = min(self.config.gradient_accumulation_steps, max(1, n))
+        size = math.ceil(n / k) if n else 0
+        return [list(range(i, min(n, i + size))) for i in range(0, n, size)] if n else []
+
+    # -- one step ---------------------------------------------------------------------------
+    def train_step(self, step: int) -> dict[str, float]:
+        """Rollouts, advantages and ``num_iterations`` updates for ``step``; returns metrics."""
+        c = self.config
+        t0 = time.perf_counter()
+        seed = derived_seed(c.seed, step, self.runtime.process_index)
+        batch = self._rollout(self.prompts_for_step(step), seed, schedule=c.schedule, temperature=c.temperature,
+                              num_generations=c.num_generations)
+        rewards = torch.tensor(batch.penalised_rewards(c.fallback_penalty), dtype=torch.float32)
+        advantages = group_advantages(rewards, c.num_generations, self.scale_rewards)
+        actions = batch.actions
+        metrics = self._reward_metrics(batch, rewards)
+        metrics.update(batch.timings)
+
+        t_score = time.perf_counter()
+        adv = torch.tensor([float(advantages[a.trajectory]) for a in actions], device=self.runtime.device)
+        groups = self._micro_batches(len(actions))
+        old, ref = [None] * len(groups), [None] * len(groups)
+        if c.num_iterations > 1:  # the sampling policy's log-probs, computed once as TRL does
+            old = [self._score([actions[i] for i in g], grad=False).logprobs for g in groups]
+        if c.beta != 0.0:
+            with self.unwrapped.disable_adapter():
+                ref = [self._score([actions[i] for i in g], grad=False).logprobs for g in groups]
+        score_s = time.perf_counter() - t_score
+
+        t_update = time.perf_counter()
+        num_tokens = float(sum(len(a.token_ids) for a in actions))
+        stats_sum = {name: 0.0 for name in LossStats.__dataclass_fields__}  # same keys on every process
+        entropy_sum, token_count, loss_sum, grad_norm = 0.0, 0.0, 0.0, 0.0
+        self.unwrapped.train()
+        for _ in range(c.num_iterations):
+            self.optimizer.zero_grad(set_to_none=True)
+            for k, group in enumerate(groups):
+                sync = k == len(groups) - 1
+                no_sync = contextlib.nullcontext() if sync else self.runtime.accelerator.no_sync(self.model)
+                with no_sync:
+                    scored = self._score([actions[i] for i in group], model=self.model)
+                    logps = scored.logprobs
+                    old_logps = old[k] if old[k] is not None else logps.detach()
+                    loss, stats = grpo_loss(
+                        logps, old_logps, adv[group], scored.mask, ref_logps=ref[k], beta=c.beta,
+                        epsilon=c.epsilon, epsilon_high=c.epsilon_high, loss_type=c.loss_type,
+                        max_completion_length=c.max_completion_length, num_sequences=len(actions),
+                        num_tokens=num_tokens,
+                    )
+                    self.runtime.accelerator.backward(loss)
+                tokens = float(scored.mask.sum())
+                loss_sum += float(loss.detach())
+                for key, value in vars(stats).items():
+                    stats_sum[key] = stats_sum.get(key, 0.0) + value * tokens
+                if scored.entropies is not None:
+                    entropy_sum += float((scored.entropies * scored.mask).sum())
+                token_count += tokens
+            if groups:
+                if c.max_grad_norm and c.max_grad_norm > 0:
+                    grad_norm = float(self.runtime.accelerator.clip_grad_norm_(
+                        [p for p in self.model.parameters() if p.requires_grad], c.max_grad_norm))
+                self.optimizer.step()
+            self.scheduler.step()
+        self.unwrapped.eval()
+        self._sync_rollout_adapter()
+        update_s = time.perf_counter() - t_update
+        denom = max(token_count, 1.0)
+        metrics.update({f"train/{k}": v / denom for k, v in stats_sum.items()})
+        metrics.update({
+            "train/loss": loss_sum / c.num_iterations,
+            "train/entropy": entropy_sum / denom,
+            "train/grad_norm": grad_norm,
+            "train/learning_rate": self.scheduler.get_last_lr()[0],
+            "train/completion_length": num_tokens / max(1, len(actions)),
+            "train/actions": float(len(actions)),
+            "time/scoring_s": score_s,
+            "time/update_s": update_s,
+            "time/step_s": time.perf_counter() - t0,
+        })
+        return metrics
+
+    def _reward_metrics(self, batch: RolloutBatch, rewards: torch.Tensor) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for name, values in batch.reward_terms.items():
+            t = torch.tensor(values)
+            out[f"reward/{name}/mean"] = float(t.mean())
+            out[f"reward/{name}/std"] = float(t.std()) if t.numel() > 1 else 0.0
+        out["reward/mean"] = float(rewards.mean())
+        out["reward/std"] = float(rewards.std()) if rewards.numel() > 1 else 0.0
+        grouped = rewards.view(-1, self.config.num_generations)
+        out["reward/group_std"] = float(grouped.std(dim=1).mean())
+        refinements = sum(1 for e in batch.trace.entries if e.plan_index in (None, 0))
+        fallbacks = sum(1 for e in batch.trace.entries if e.fallback is not None and e.plan_index in (None, 0))
+        out["train/fallback_rate"] = fallbacks / max(1, refinements)
+        return out
+
+    # -- evaluation -------------------------------------------------------------------------
+    def evaluate(self, step: int) -> dict[str, float]:
+        """Mean reward on the held-out prompts (``eval_schedule``, ``eval_temperature``, fixed
+        latents); writes ``eval/step-{step}.png`` (trace strip with the final images). The main
+        process evaluates; the others wait."""
+        c = self.config
+        metrics: dict[str, float] = {}
+        if self.runtime.is_main and self.eval_prompts:
+            temperature = c.eval_temperature if c.eval_temperature > 0 else 0.0
+            batch = self._rollout(self.eval_prompts, derived_seed(c.seed, 10_000), schedule=c.eval_schedule,
+                                  temperature=temperature, num_generations=1)
+            metrics["eval/reward"] = float(torch.tensor(batch.rewards).mean())
+            for name, values in batch.reward_terms.items():
+                metrics[f"eval/{name}"] = float(torch.tensor(values).mean())
+            entries = batch.trace.entries
+            metrics["eval/fallback_rate"] = sum(e.fallback is not None for e in entries) / max(1, len(entries))
+            for entry in entries:  # rollouts keep previews only in the observation snapshots
+                if entry.preview is None and entry.observation is not None:
+                    entry.preview = entry.observation.preview
+            strip = batch.trace.render_strip(thumb=96, images=batch.images)
+            out = self.runtime.output_dir / "eval"
+            out.mkdir(parents=True, exist_ok=True)
+            strip.save(out / f"step-{step}.png")
+            self.runtime.log_image("eval/trace", strip, step)
+            self.runtime.log(metrics, step)
+        self.runtime.wait()
+        return metrics
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        per_step = self.config.per_device_prompts * self.runtime.num_processes
+        return {"data_position": self.step * per_step, "seed": self.config.seed}
+
+    def save_checkpoint(self) -> Path:
+        return self.runtime.save_checkpoint(self.step, self.model, self.optimizer, self.scheduler, self._state())
+
+    def resume(self, checkpoint: str | Path) -> None:
+        state = self.runtime.load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
+        self.step = int(state["step"])
+        self._sync_rollout_adapter()
+
+    def _log_fingerprint(self) -> None:
+        import hashlib
+        import json
+
+        digest = hashlib.sha256()
+        for name, param in sorted(self.unwrapped.named_parameters()):
+            if param.requires_grad:
+                digest.update(name.encode())
+                digest.update(param.detach().cpu().contiguous().numpy().tobytes())
+        path = self.runtime.output_dir / f"fingerprints-{self.runtime.process_index}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.write(json.dumps({"step": self.step, "sha256": digest.hexdigest()}) + "\n")
+
+    def save_adapter(self, path: str | Path | None = None) -> Path:
+        """Write the peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``)."""
+        path = Path(path or self.runtime.output_dir / "adapter")
+        self.runtime.wait()
+        if self.runtime.is_main:
+            self.unwrapped.save_pretrained(str(path))
+        self.runtime.wait()
+        return path
+
+    def train(self) -> Path:
+        """Run until ``max_steps``; returns the final adapter directory."""
+        c = self.config
+        checkpoint = self.runtime.resolve_checkpoint(c.resume_from_checkpoint)
+        if checkpoint is not None:
+            self.resume(checkpoint)
+            logger.info("resumed from %s at step %d", checkpoint, self.step)
+        if c.eval_on_start and self.step == 0 and c.eval_steps >= 0:
+            self.evaluate(0)
+        bar = self.runtime.progress(c.max_steps, initial=self.step, desc="grpo")
+        try:
+            while self.step < c.max_steps:
+                metrics = self.train_step(self.step)
+                self.step += 1
+                metrics = self.runtime.mean_across_processes(metrics)
+                if c.logging_steps and self.step % c.logging_steps == 0:
+                    self.runtime.log(metrics, self.step)
+                if c.log_fingerprints:
+                    self._log_fingerprint()
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics.get('train/kl', 0.0):.4f}",
+                                fallback=f"{metrics['train/fallback_rate']:.2f}")
+                if c.eval_steps and self.step % c.eval_steps == 0:
+                    self.evaluate(self.step)
+                if c.save_steps and self.step % c.save_steps == 0 and self.step < c.max_steps:
+                    self.save_checkpoint()
+            if c.save_steps:
+                self.save_checkpoint()
+            return self.save_adapter()
+        finally:
+            self.runtime.close()
+
+    def close(self) -> None:
+        """Stop a vLLM rollout engine, if any."""
+        if self.rollout_policy is not self.policy:
+            self.rollout_policy.shutdown()

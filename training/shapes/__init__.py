@@ -1,0 +1,1 @@
+"""Training scripts for the ShapesWorld backbones and policy start (see docs/shapesworld.md)."""

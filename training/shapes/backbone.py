@@ -1,0 +1,307 @@
+"""Train a ShapesWorld backbone (a small Stable Diffusion pipeline) on a CPU, resumably.
+
+    python -m promptloop.training.shapes.backbone --out promptloop/assets/shapesworld/backbone-a \\
+        --work runs/backbone-a --seed 0 --vae-steps 600 --unet-steps 6000
+
+Stages, each checkpointed under ``--work`` and resumed by re-running the same command:
+
+1. ``vae``: an ``AutoencoderKL`` (64×64 ↔ 8×8×4) on renders drawn on the fly (L1 + MSE + 1e-6·KL,
+   AdamW, cosine decay); skipped with ``--vae-from DIR`` (a trained VAE folder, e.g. another
+   backbone's ``vae/``); its ``scaling_factor`` is set to 1 / std of the latents. With
+   ``--decoder-steps`` the decoder is then trained alone (encoder frozen: the latents do not change).
+2. ``latents``: the latents of ``--num-scenes`` training scenes, encoded once.
+3. ``unet``: the ``UNet2DConditionModel`` and the ``CLIPTextModel`` jointly (DDPM ε-prediction,
+   min-SNR γ=5, 10% caption dropout, EMA), on captions drawn afresh each step in the grammar's mixed
+   styles. Every ``--ckpt-minutes`` the full state is checkpointed and the EMA pipeline exported to
+   ``--out`` (a plain diffusers folder), with ``training_info.json``.
+
+Held-out prompts (:func:`promptloop.worlds.shapes.evaluation.heldout_scenes`) use seeds never
+drawn here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from promptloop.worlds.shapes.backbone import assemble_pipeline, build_components
+from promptloop.worlds.shapes.grammar import random_caption
+from promptloop.worlds.shapes.render import render_scene
+from promptloop.worlds.shapes.scene import sample_scene
+
+#: Training scenes of backbone seed s are drawn from seeds TRAIN_SEED_BASE * (s + 1) + i.
+TRAIN_SEED_BASE = 1_000_000
+
+
+def _to_tensor(images) -> torch.Tensor:
+    arr = np.stack([np.asarray(im, dtype=np.float32) for im in images]) / 127.5 - 1.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()
+
+
+def _scene_seed(args, i: int) -> int:
+    return TRAIN_SEED_BASE * (args.seed + 1) + i
+
+
+def _save(obj, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def train_vae(args, vae, work: Path) -> None:
+    ckpt = work / "vae.pt"
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, args.vae_steps) / args.vae_steps)))
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(state["vae"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
+        step = state["step"]
+    rng = random.Random(args.seed * 7919 + step)
+    gen = torch.Generator().manual_seed(args.seed * 31 + step)
+    last = time.time()
+    bar = tqdm(total=args.vae_steps, initial=step, desc="vae", dynamic_ncols=True)
+    vae.train()
+    while step < args.vae_steps:
+        x = _to_tensor([render_scene(sample_scene(_scene_seed(args, rng.randrange(args.num_scenes * 4))))
+                        for _ in range(args.vae_batch)])
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if time.time() - last > args.ckpt_minutes * 60 or step == args.vae_steps:
+            _save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, ckpt)
+            last = time.time()
+    bar.close()
+
+
+def finetune_decoder(args, vae, work: Path) -> None:
+    """Train the decoder alone (encoder frozen, so latents and UNets trained on them stay valid)."""
+    ckpt = work / "decoder.pt"
+    decoder_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    opt = torch.optim.AdamW(decoder_params, lr=args.decoder_lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, args.decoder_steps) / args.decoder_steps)))
+    step = 0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        vae.load_state_dict(state["vae"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
+        step = state["step"]
+    rng = random.Random(args.seed * 15485863 + step)
+    gen = torch.Generator().manual_seed(args.seed * 37 + step)
+    vae.requires_grad_(False)
+    for q in decoder_params:
+        q.requires_grad_(True)
+    vae.eval()
+    vae.decoder.train()
+    last = time.time()
+    bar = tqdm(total=args.decoder_steps, initial=step, desc="decoder", dynamic_ncols=True)
+    while step < args.decoder_steps:
+        x = _to_tensor([render_scene(sample_scene(_scene_seed(args, rng.randrange(args.num_scenes * 4))))
+                        for _ in range(args.vae_batch)])
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=gen)
+        recon = vae.decode(z).sample
+        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        step += 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        if time.time() - last > args.ckpt_minutes * 60 or step == args.decoder_steps:
+            _save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, ckpt)
+            last = time.time()
+    bar.close()
+    vae.requires_grad_(False)
+
+
+@torch.no_grad()
+def encode_latents(args, vae, work: Path) -> torch.Tensor:
+    path = work / "latents.pt"
+    if path.exists():
+        return torch.load(path)
+    vae.eval()
+    chunks, bs = [], 128
+    for start in tqdm(range(0, args.num_scenes, bs), desc="latents", dynamic_ncols=True):
+        x = _to_tensor([render_scene(sample_scene(_scene_seed(args, i)))
+                        for i in range(start, min(args.num_scenes, start + bs))])
+        chunks.append(vae.encode(x).latent_dist.mean)
+    latents = torch.cat(chunks)
+    _save(latents, path)
+    return latents
+
+
+def train_unet(args, components: dict, latents: torch.Tensor, out: Path, work: Path) -> None:
+    unet, text_encoder, tokenizer = components["unet"], components["text_encoder"], components["tokenizer"]
+    noise_sched = components["scheduler"]
+    alphas = noise_sched.alphas_cumprod
+    ckpt = work / "unet.pt"
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=args.unet_lr, weight_decay=1e-2)
+    ema_unet, ema_text = copy.deepcopy(unet).eval(), copy.deepcopy(text_encoder).eval()
+    step, seconds = 0, 0.0
+    if ckpt.exists():
+        state = torch.load(ckpt, weights_only=False)
+        unet.load_state_dict(state["unet"]), text_encoder.load_state_dict(state["text_encoder"])
+        ema_unet.load_state_dict(state["ema_unet"]), ema_text.load_state_dict(state["ema_text"])
+        opt.load_state_dict(state["opt"])
+        step, seconds = state["step"], state["seconds"]
+    rng = random.Random(args.seed * 104729 + step)
+    gen = torch.Generator().manual_seed(args.seed * 131 + step)
+    scale = components["vae"].config.scaling_factor
+    scenes = [None] * args.num_scenes
+
+    def scene(i):
+        if scenes[i] is None:
+            scenes[i] = sample_scene(_scene_seed(args, i))
+        return scenes[i]
+
+    def export() -> None:
+        pipe = assemble_pipeline({**components, "unet": ema_unet, "text_encoder": ema_text})
+        pipe.save_pretrained(out, safe_serialization=True)
+        info = {"seed": args.seed, "unet_steps": step, "unet_seconds": round(seconds, 1), "batch": args.batch,
+                "num_scenes": args.num_scenes, "vae_from": args.vae_from, "vae_steps": args.vae_steps,
+                "command": "python -m promptloop.training.shapes.backbone " + " ".join(sys.argv[1:])}
+        vae_info = work / "vae_info.json"
+        if vae_info.exists():
+            info["vae"] = json.loads(vae_info.read_text())
+        (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
+
+    unet.train(), text_encoder.train()
+    bar = tqdm(total=args.unet_steps, initial=step, desc="unet", dynamic_ncols=True)
+    last, started = time.time(), time.time()
+    budget_end = started + args.time_budget_minutes * 60 if args.time_budget_minutes else None
+    while step < args.unet_steps:
+        t0 = time.time()
+        idx = [rng.randrange(args.num_scenes) for _ in range(args.batch)]
+        captions = ["" if rng.random() < args.caption_dropout else random_caption(scene(i), rng) for i in idx]
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids
+        x0 = latents[idx] * scale
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_sched.config.num_train_timesteps, (args.batch,), generator=gen)
+        a = alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        pred = unet(xt, t, text_encoder(ids)[0]).sample
+        snr = alphas[t] / (1 - alphas[t])
+        weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-γ for ε-prediction
+        loss = (weight * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        for group in opt.param_groups:
+            group["lr"] = args.unet_lr * min(1.0, (step + 1) / 200)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        decay = min(args.ema, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for ema, model in ((ema_unet, unet), (ema_text, text_encoder)):
+                for pe, pm in zip(ema.parameters(), model.parameters()):
+                    pe.lerp_(pm, 1 - decay)
+        step += 1
+        seconds += time.time() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.4f}")
+        out_of_time = budget_end is not None and time.time() > budget_end
+        if time.time() - last > args.ckpt_minutes * 60 or step == args.unet_steps or out_of_time:
+            _save({"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict(),
+                   "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(), "opt": opt.state_dict(),
+                   "step": step, "seconds": seconds}, ckpt)
+            export()
+            last = time.time()
+        if out_of_time:
+            tqdm.write(f"time budget reached at step {step}; re-run the same command to continue")
+            break
+    bar.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True, help="exported diffusers folder")
+    p.add_argument("--work", type=Path, required=True, help="checkpoints (resumed from here)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--vae-from", type=str, default=None, help="reuse a trained AutoencoderKL folder")
+    p.add_argument("--vae-steps", type=int, default=600)
+    p.add_argument("--vae-batch", type=int, default=32)
+    p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--decoder-steps", type=int, default=0,
+                   help="then fine-tune the decoder alone (encoder frozen) this many steps")
+    p.add_argument("--decoder-lr", type=float, default=1e-3)
+    p.add_argument("--num-scenes", type=int, default=20_000)
+    p.add_argument("--unet-steps", type=int, default=6000)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--unet-lr", type=float, default=1e-3)
+    p.add_argument("--ema", type=float, default=0.998)
+    p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--ckpt-minutes", type=float, default=4.0)
+    p.add_argument("--time-budget-minutes", type=float, default=None, help="stop (resumably) after this long")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--stop-after", choices=("vae", "latents", "unet"), default="unet")
+    args = p.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.work.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(args.seed)
+    components = build_components(args.seed)
+    if args.vae_from:
+        from diffusers import AutoencoderKL
+
+        components["vae"] = AutoencoderKL.from_pretrained(args.vae_from)
+    else:
+        t0 = time.time()
+        if not (args.work / "vae").exists():
+            train_vae(args, components["vae"], args.work)
+        vae_dir = args.work / "vae"
+        if vae_dir.exists():
+            from diffusers import AutoencoderKL
+
+            components["vae"] = AutoencoderKL.from_pretrained(vae_dir)
+        else:
+            components["vae"].eval()
+            with torch.no_grad():
+                sample = _to_tensor([render_scene(sample_scene(_scene_seed(args, i))) for i in range(256)])
+                std = components["vae"].encode(sample).latent_dist.mean.std().item()
+            components["vae"].register_to_config(scaling_factor=1.0 / std)
+            components["vae"].save_pretrained(vae_dir)
+            (args.work / "vae_info.json").write_text(json.dumps(
+                {"steps": args.vae_steps, "seconds_this_run": round(time.time() - t0, 1),
+                 "scaling_factor": 1.0 / std}) + "\n")
+    if args.decoder_steps and not args.vae_from:
+        done = args.work / "vae-decoder"
+        if not (done / "config.json").exists():
+            finetune_decoder(args, components["vae"], args.work)
+            components["vae"].save_pretrained(done)
+        from diffusers import AutoencoderKL
+
+        components["vae"] = AutoencoderKL.from_pretrained(done)
+    if args.stop_after == "vae":
+        return
+    components["vae"].requires_grad_(False).eval()
+    latents = encode_latents(args, components["vae"], args.work)
+    if args.stop_after == "latents":
+        return
+    train_unet(args, components, latents, args.out, args.work)
+
+
+if __name__ == "__main__":
+    main()
