@@ -67,6 +67,8 @@ class APIError(Exception):
 
 
 def _error_response(status: int, error: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    # A message may quote client text: lone surrogates in it become escapes (JSON must be UTF-8).
+    detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": error, "detail": detail, "status": status}, status_code=status, headers=headers)
 
 
@@ -260,8 +262,7 @@ def create_app(
             where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
             msg = err.get("msg", "invalid")
             problems.append(f"{where}: {msg}" if where else msg)
-        body = {"error": "invalid_request", "detail": "; ".join(problems) or "invalid request", "status": 422}
-        return JSONResponse(body, status_code=422)
+        return _error_response(422, "invalid_request", "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

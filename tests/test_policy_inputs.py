@@ -99,3 +99,17 @@ def test_sampling_travels_with_the_call_and_async_matches_sync(tiny_policy):
     assert [r.raw_text for r in async_] == [r.raw_text for r in sync]
     plans = asyncio.run(tiny_policy.aplan(["a red fox"], [1, 2], 4))
     assert [r.raw_text for r in plans[0]] == [r.raw_text for r in tiny_policy.plan(["a red fox"], [1, 2], 4)[0]]
+
+
+def test_log_probs_follow_the_calls_sampling_not_the_policys(tiny_policy):
+    """A call sampled at temperature 2 on a greedy policy records log-probs at temperature 2, the
+    ones ``score`` gives at that temperature."""
+    import torch
+
+    assert tiny_policy.sampling.greedy
+    hot = SamplingConfig(max_new_tokens=6, temperature=2.0, seed=3, return_logprobs=True)
+    (ref,) = tiny_policy.refine([_obs()], sampling=hot)
+    conversation = tiny_policy.messages_for(_obs())
+    with torch.no_grad():
+        scored = tiny_policy.score([conversation], [ref.token_ids], temperature=2.0, entropies=False)
+    torch.testing.assert_close(torch.tensor([ref.logprobs]), scored.logprobs, atol=1e-4, rtol=1e-4)

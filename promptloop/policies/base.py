@@ -74,6 +74,11 @@ class SamplingConfig:
     def greedy(self) -> bool:
         return self.temperature <= 0.0
 
+    @property
+    def logprob_temperature(self) -> float:
+        """The temperature log-probs are taken at: the sampling temperature (1 when greedy)."""
+        return 1.0 if self.greedy else float(self.temperature)
+
 
 class InputTooLongError(ValueError):
     """A conversation longer, in tokens, than the policy accepts (see

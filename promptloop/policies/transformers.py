@@ -167,8 +167,8 @@ class TransformersPolicy(GenerativePolicy):
 
     @property
     def logprob_temperature(self) -> float:
-        """The temperature log-probs are taken at: the sampling temperature (1 when greedy)."""
-        return 1.0 if self.sampling.greedy else float(self.sampling.temperature)
+        """The temperature log-probs are taken at by default: that of :attr:`sampling`."""
+        return self.sampling.logprob_temperature
 
     def score(
         self,
@@ -242,7 +242,7 @@ class TransformersPolicy(GenerativePolicy):
         eos_ids = self._eos_ids()
         logprobs = None
         if s.return_logprobs and output.logits:
-            logits = torch.stack(output.logits, dim=1).float() / self.logprob_temperature  # (B, T, V)
+            logits = torch.stack(output.logits, dim=1).float() / s.logprob_temperature  # (B, T, V), this call's
             logprobs = torch.log_softmax(logits, dim=-1).gather(-1, sequences[..., None]).squeeze(-1)
         results = []
         for row, seq in enumerate(sequences.tolist()):
