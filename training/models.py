@@ -67,9 +67,22 @@ def load_policy_model(config: TrainConfig, device: torch.device | str = "cpu") -
     return model, processor, base
 
 
+def _shapes_prompts(spec: str) -> list[str]:
+    """``shapes[:N]`` (RL training prompts, 256 by default) or ``shapes-heldout[:N]`` (64)."""
+    from promptloop.worlds.shapes.evaluation import heldout_prompts, training_prompts
+
+    name, _, count = spec.partition(":")
+    if name not in ("shapes", "shapes-heldout"):
+        raise ValueError(f"unknown prompt set {spec!r}: use shapes[:N] or shapes-heldout[:N]")
+    if name == "shapes":
+        return training_prompts(int(count or 256))
+    return [p for _, p in heldout_prompts(int(count or 64))]
+
+
 def load_prompts(spec: str | list[str], *, heldout: bool = False) -> list[str]:
-    """Prompts from a list, a text file (one per line, ``#`` comments), or ``tiny``/``tiny-heldout``:
-    the built-in tiny prompts split 15 for training / 5 held out."""
+    """Prompts from a list, a text file (one per line, ``#`` comments), ``tiny``/``tiny-heldout``
+    (the built-in tiny prompts split 15 for training / 5 held out) or ``shapes[:N]`` /
+    ``shapes-heldout[:N]`` (ShapesWorld user prompts: RL training scenes / held-out scenes)."""
     from promptloop.testing.prompts import TINY_PROMPTS
 
     if isinstance(spec, list):
@@ -78,6 +91,8 @@ def load_prompts(spec: str | list[str], *, heldout: bool = False) -> list[str]:
         return TINY_PROMPTS[:15]
     if spec == "tiny-heldout":
         return TINY_PROMPTS[15:]
+    if spec.startswith("shapes"):
+        return _shapes_prompts(spec)
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {spec!r} not found (or use 'tiny' / 'tiny-heldout' / a list)")

@@ -32,6 +32,16 @@ def heldout_prompts(n: int, styles: Sequence[str] = USER_STYLES, offset: int = 0
     return out
 
 
+#: Scenes of the policy's RL training prompts are drawn from seeds from here on (disjoint from the
+#: backbones' training scenes, the SFT scenes and the held-out ones).
+RL_SEED_BASE = 700_000_000
+
+
+def training_prompts(n: int = 256, styles: Sequence[str] = USER_STYLES) -> list[str]:
+    """``n`` user prompts for RL training of the policy (never held out), styles cycling."""
+    return [caption(sample_scene(RL_SEED_BASE + i), styles[i % len(styles)]) for i in range(n)]
+
+
 def summarize(images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str, float]:
     """Mean of each attribute over the images whose prompt constrains it, the mean reward and
     the held-out fidelity metric."""
