@@ -1,5 +1,6 @@
-"""The ``promptloop`` command line: ``demo``, ``generate``, ``trace``, and the surfaces built on
-the library: ``serve`` (the sidecar), ``comfy`` (the ComfyUI pack) and ``train`` (the trainers).
+"""The ``promptloop`` command line: ``demo``, ``generate``, ``trace``, ``eval`` (the evaluation,
+:mod:`promptloop.evaluation`), and the surfaces built on the library: ``serve`` (the sidecar),
+``comfy`` (the ComfyUI pack) and ``train`` (the trainers).
 
 The surfaces are registered lazily: importing this module (or running ``promptloop --help``)
 imports none of ``promptloop.server``, ``promptloop.comfy_nodes`` or ``promptloop.training``;
@@ -254,6 +255,9 @@ SURFACES: tuple[tuple[str, str, str, str | None], ...] = (
      "Install the PromptLoop node pack into ComfyUI (`promptloop comfy install --help`).", None),
     ("train", "promptloop.training.cli:app",
      "Train the policy (GRPO) or the backbone (DDPO, B2-DiffuRL) from a YAML config.", "train"),
+    ("eval", "promptloop.evaluation.command:eval_command",
+     "Score the backbone, tuned backbone and PromptLoop policies on held-out prompts and seeds "
+     "(table, CSV, plot, trace strips; resumable). See `promptloop eval --help`.", "eval"),
 )
 # Everything after the command name goes to the surface's own command, --help included.
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}
