@@ -227,3 +227,20 @@ def test_standard_rows_and_config(tmp_path):
     config.write_text("rows: [{name: x, backbone: b, polcy: p}]\n")
     with pytest.raises(ValueError, match="polcy"):
         load_eval_config(config)
+
+
+def test_shapes_attribute_metrics_leave_unconstrained_attributes_out():
+    from promptloop.worlds.shapes import render_scene, score_image
+    from promptloop.worlds.shapes.evaluation import attribute_metrics, heldout_prompts
+
+    pairs = heldout_prompts(8)
+    images = [render_scene(scene) for scene, _ in pairs]
+    prompts = [p for _, p in pairs]
+    metrics = attribute_metrics()
+    for name, metric in metrics.items():
+        got = metric(images, prompts)
+        want = [score_image(im, p)[name.removeprefix("shapes_")] for im, p in zip(images, prompts)]
+        assert got == want
+    position = metrics["shapes_position"](images, prompts)
+    assert None in position and any(v is not None for v in position)  # terse prompts state no position
+    assert metrics["shapes_color"](images[:1], ["not a shapes prompt"]) == [0.0]
