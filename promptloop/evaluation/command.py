@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,28 +13,28 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def eval_command(
-    config: Annotated[Optional[Path], typer.Option(
+    config: Annotated[Path | None, typer.Option(
         "--config", "-c", exists=True, dir_okay=False,
         help="YAML file with 'rows:' (EvalRow fields) and 'settings:' (EvalSettings fields); see docs/evaluation.md.")] = None,
-    backbone: Annotated[Optional[str], typer.Option(
+    backbone: Annotated[str | None, typer.Option(
         help="Backbone (folder, hub id or tiny:sd): adds the standard rows backbone, backbone+policy, "
              "tuned, tuned+policy for the inputs given.")] = None,
-    policy: Annotated[Optional[str], typer.Option(help="PromptLoop policy: folder, hub id, tiny or tiny-warm.")] = None,
-    policy_adapter: Annotated[Optional[str], typer.Option(help="peft LoRA folder of the policy (promptloop train grpo).")] = None,
-    backbone_adapter: Annotated[Optional[str], typer.Option(
+    policy: Annotated[str | None, typer.Option(help="PromptLoop policy: folder, hub id, tiny or tiny-warm.")] = None,
+    policy_adapter: Annotated[str | None, typer.Option(help="peft LoRA folder of the policy (promptloop train grpo).")] = None,
+    backbone_adapter: Annotated[str | None, typer.Option(
         help="diffusers LoRA folder of the tuned backbone (promptloop train ddpo|b2).")] = None,
     schedule: Annotated[str, typer.Option(help="Refine schedule of the policy rows ('evenly:2', '0.3,0.6', 'oneshot').")] = "evenly:2",
     mode: Annotated[str, typer.Option(help="sync | async | ahead.")] = "sync",
-    prompts: Annotated[Optional[str], typer.Option(
+    prompts: Annotated[str | None, typer.Option(
         help="Prompt set: tiny-heldout, shapes-heldout:32, or a text file (one prompt a line).")] = None,
-    seeds: Annotated[Optional[str], typer.Option(help="Sampling seeds, e.g. 0,1,2.")] = None,
-    rewards: Annotated[Optional[str], typer.Option(help="Reward names from the registry, e.g. shapes,shapes_fidelity.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Denoising steps.")] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale.")] = None,
-    size: Annotated[Optional[int], typer.Option(help="Image height and width.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Prompts per pipeline call.")] = None,
-    num_strips: Annotated[Optional[int], typer.Option(help="Prompts shown in each row's trace strip.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Sampling seeds, e.g. 0,1,2.")] = None,
+    rewards: Annotated[str | None, typer.Option(help="Reward names from the registry, e.g. shapes,shapes_fidelity.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale.")] = None,
+    size: Annotated[int | None, typer.Option(help="Image height and width.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Prompts per pipeline call.")] = None,
+    num_strips: Annotated[int | None, typer.Option(help="Prompts shown in each row's trace strip.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (cells/, strips/, results.*).")] = Path("promptloop-eval"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
