@@ -49,6 +49,7 @@ def ddpo_adapter(tmp_path_factory):
     return lora.save_pretrained(tmp_path_factory.mktemp("ddpo") / "adapter")
 
 
+@pytest.mark.slow  # four rows x two seeds with the tiny policy: about a minute on two idle cores
 def test_cli_writes_report_and_second_run_reuses_cells(tmp_path, monkeypatch, warm_policy_dir, ddpo_adapter):
     from promptloop.cli import app
 

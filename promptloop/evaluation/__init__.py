@@ -8,7 +8,15 @@ with 95 % intervals and trace strips. See docs/evaluation.md.
 
 from promptloop.evaluation.cells import Cell, compute_cell, image_seed, load_cell
 from promptloop.evaluation.intervals import Interval, t_interval, t_quantile
-from promptloop.evaluation.report import Summary, costs, markdown_table, summarize, write_report
+from promptloop.evaluation.report import (
+    Summary,
+    costs,
+    markdown_table,
+    plot_rewards,
+    summarize,
+    write_csv,
+    write_report,
+)
 from promptloop.evaluation.rows import EvalRow, standard_rows
 from promptloop.evaluation.runner import EvalReport, evaluate, load_row_models
 from promptloop.evaluation.settings import EvalSettings, Metric
@@ -28,9 +36,11 @@ __all__ = [
     "load_cell",
     "load_row_models",
     "markdown_table",
+    "plot_rewards",
     "standard_rows",
     "summarize",
     "t_interval",
     "t_quantile",
+    "write_csv",
     "write_report",
 ]
