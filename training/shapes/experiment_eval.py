@@ -8,31 +8,12 @@ from pathlib import Path
 
 from promptloop.training.shapes.experiment import ExperimentSettings, TrainingJob
 
-#: The per-attribute columns (the ``shapes`` reward is their mean over the attributes a prompt constrains).
-ATTRIBUTES = ("color", "shape", "count", "size", "position")
+#: The per-attribute columns (the ``shapes`` reward is their mean over the attributes a prompt
+#: constrains), as named by :func:`promptloop.worlds.shapes.evaluation.attribute_metrics`.
+ATTRIBUTES = ("shapes_color", "shapes_shape", "shapes_count", "shapes_size", "shapes_position")
 REWARDS = ("shapes", "shapes_fidelity")
 #: Evaluation schedule of every step-wise row (the training-time evaluation uses the same).
 EVAL_SCHEDULE = "evenly:2"
-
-
-def attribute_metrics() -> dict:
-    """One metric per attribute: the exact score where the prompt constrains it, else ``None``."""
-    from promptloop.worlds.shapes.grammar import ParseError
-    from promptloop.worlds.shapes.reward import score_image
-
-    def metric(attribute: str):
-        def score(images, prompts):
-            out = []
-            for image, prompt in zip(images, prompts, strict=True):
-                try:
-                    out.append(score_image(image, prompt)[attribute])
-                except ParseError:
-                    out.append(0.0)
-            return out
-
-        return score
-
-    return {a: metric(a) for a in ATTRIBUTES}
 
 
 def experiment_rows(settings: ExperimentSettings, jobs: Sequence[TrainingJob]) -> list:
@@ -61,6 +42,7 @@ def experiment_rows(settings: ExperimentSettings, jobs: Sequence[TrainingJob]) -
 
 def eval_settings(settings: ExperimentSettings):
     from promptloop.evaluation import EvalSettings
+    from promptloop.worlds.shapes.evaluation import attribute_metrics
 
     return EvalSettings(prompts=f"shapes-heldout:{settings.eval_prompts}", seeds=list(settings.eval_seeds),
                         rewards=list(REWARDS), metrics=attribute_metrics(), num_inference_steps=20,

@@ -170,7 +170,8 @@ def _fmt_delta(d: dict) -> str:
 
 def _write_markdown(path: Path, settings, groups, lookup, deltas, comparisons, costs, inference) -> None:
     order = [n for n in LABELS if n in groups]
-    head = ["row", "reward", "Δ vs baseline", *ATTRIBUTES, "fidelity (held out)", "n"]
+    head = ["row", "reward", "Δ vs baseline", *(a.removeprefix("shapes_") for a in ATTRIBUTES),
+            "fidelity (held out)", "n"]
     lines = ["# ShapesWorld alignment experiment", "",
              (f"Held-out prompts: {settings.eval_prompts}; sampling seeds: {settings.eval_seeds}; training seeds: "
               f"{settings.train_seeds}; GRPO steps: {settings.grpo_steps}; DDPO epochs: {settings.ddpo_steps}."),
