@@ -55,6 +55,10 @@ def run_evaluation(settings: ExperimentSettings, jobs: Sequence[TrainingJob], ou
     from promptloop.evaluation import evaluate
 
     rows = experiment_rows(settings, jobs)
+    ready = [r for r in rows if all(Path(p).exists() for p in (r.policy_adapter, r.backbone_adapter) if p)]
+    if len(ready) < len(rows):
+        echo(f"skipping {len(rows) - len(ready)} rows whose trainings have not finished")
+    rows = ready
     echo(f"evaluating {len(rows)} rows x {len(settings.eval_seeds)} seeds on "
          f"{settings.eval_prompts} held-out prompts ...")
     return evaluate(rows, eval_settings(settings), out / "eval", progress=True, write=False)
