@@ -47,7 +47,7 @@ class ExperimentSettings:
     #: Training-time evaluation (the reward / held-out metric curves) every N steps, on N prompts.
     curve_every: int = 10
     curve_prompts: int = 32
-    eval_prompts: int = 48
+    eval_prompts: int = 32
     eval_seeds: list[int] = field(default_factory=lambda: [0, 1])
     #: Trainings run side by side (one thread each).
     parallel: int = 2
