@@ -128,7 +128,7 @@ class GRPOTrainer:
     def _rollout(self, prompts: Sequence[str], seed: int, *, schedule: str, temperature: float,
                  num_generations: int) -> RolloutBatch:
         c = self.config
-        self.rollout_policy.sampling = SamplingConfig(
+        sampling = SamplingConfig(
             max_new_tokens=c.max_completion_length, temperature=temperature, top_p=c.top_p,
             return_logprobs=True, seed=derived_seed(seed, 1) % 2**31,
         )
@@ -136,7 +136,7 @@ class GRPOTrainer:
         return rollout(
             self.pipeline, self.rollout_policy, prompts, self.reward, num_generations=num_generations, schedule=schedule,
             seed=seed, mode=c.mode, num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale,
-            height=c.height, width=c.width, preview=c.preview, preview_size=c.preview_size,
+            height=c.height, width=c.width, preview=c.preview, preview_size=c.preview_size, sampling=sampling,
         )
 
     # -- scoring ----------------------------------------------------------------------------
