@@ -37,6 +37,9 @@ def _launch(tmp_path: Path, timeout: float, **overrides) -> subprocess.Completed
         os.killpg(proc.pid, signal.SIGKILL)
         out, err = proc.communicate()
         pytest.fail(f"the 2-process run did not finish in {timeout:.0f} s (a collective hang?)\n{err[-3000:]}")
+    finally:
+        if proc.poll() is None:  # interrupted otherwise (e.g. pytest-timeout): leave no process behind
+            os.killpg(proc.pid, signal.SIGKILL)
     return subprocess.CompletedProcess(command, proc.returncode, out, err)
 
 
@@ -46,6 +49,7 @@ def _fingerprints(tmp_path: Path) -> list[list[dict]]:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1200)  # above the run's own timeout, which kills the processes it started
 def test_two_cpu_processes_keep_identical_adapters(tmp_path, warm_policy_dir):
     done = _launch(tmp_path, 900, max_steps=2)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -59,7 +63,7 @@ def test_two_cpu_processes_keep_identical_adapters(tmp_path, warm_policy_dir):
 @pytest.mark.slow
 def test_a_process_without_actions_does_not_hang_the_other(tmp_path, warm_policy_dir):
     # Two prompts, one per process at every step: the process holding TOO_LONG has no action.
-    done = _launch(tmp_path, 900, max_steps=2, prompts=["a red fox in the snow", TOO_LONG])
+    done = _launch(tmp_path, 800, max_steps=2, prompts=["a red fox in the snow", TOO_LONG])
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     # Averaged over the processes: 2 actions on one, 0 on the other.
