@@ -76,7 +76,7 @@ def main() -> None:
     prompts = trainer.prompts_for_step(0)
     print(f"batch: {len(prompts)} prompts x {config.num_generations} generations, {config.num_inference_steps} steps, "
           f"schedule {config.schedule}, max {config.max_completion_length} new tokens, torch threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}", flush=True)
 
     if not args.skip_vllm and importlib.util.find_spec("vllm") is not None:
         own = trainer.rollout_policy is trainer.policy  # else rollout_backend=vllm started one already
@@ -88,7 +88,7 @@ def main() -> None:
                 vllm_policy.shutdown()
         hf, vl = statistics.median(rates["hf"]), statistics.median(rates["vllm"])
         print(f"\nrollouts/s (median of {args.repeats})  transformers generate {hf:.3f}   vLLM {vl:.3f}   "
-              f"ratio vLLM/HF {vl / hf:.2f}x")
+              f"ratio vLLM/HF {vl / hf:.2f}x", flush=True)
     elif not args.skip_vllm:
         print("vLLM is not installed: rollout throughput comparison skipped")
 
