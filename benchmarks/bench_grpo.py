@@ -23,8 +23,10 @@ from pathlib import Path
 
 import torch
 
+from promptloop.policies.base import SamplingConfig
 from promptloop.training.config import GRPOConfig, load_config
 from promptloop.training.grpo.trainer import GRPOTrainer
+from promptloop.training.rollouts import rollout
 from promptloop.training.runtime import derived_seed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,23 +34,30 @@ PHASES = ("time/rollout_diffusion_s", "time/rollout_preview_s", "time/rollout_po
           "time/reward_s", "time/scoring_s", "time/update_s")
 
 
-def rollouts_per_second(trainer: GRPOTrainer, policy, prompts, repeats: int) -> list[float]:
+def timed_rollout(trainer: GRPOTrainer, policy, prompts, seed: int) -> float:
+    """Rollouts per second of one batch through the hook with ``policy`` generating (the
+    training sampling, passed per call)."""
     c = trainer.config
-    rates = []
-    for r in range(repeats + 1):  # the first round warms up
-        seed = derived_seed(c.seed, 777, r)
-        policy.sampling = trainer.sampling.__class__(max_new_tokens=c.max_completion_length,
-                                                     temperature=c.temperature, return_logprobs=True,
-                                                     seed=seed % 2**31)
-        start = time.perf_counter()
-        from promptloop.training.rollouts import rollout
+    sampling = SamplingConfig(max_new_tokens=c.max_completion_length, temperature=c.temperature, top_p=c.top_p,
+                              return_logprobs=True, seed=seed % 2**31)
+    start = time.perf_counter()
+    batch = rollout(trainer.pipeline, policy, prompts, trainer.reward, num_generations=c.num_generations,
+                    schedule=c.schedule, seed=seed, mode=c.mode, num_inference_steps=c.num_inference_steps,
+                    guidance_scale=c.guidance_scale, height=c.height, width=c.width, preview=c.preview,
+                    preview_size=c.preview_size, sampling=sampling)
+    return batch.num_trajectories / (time.perf_counter() - start)
 
-        batch = rollout(trainer.pipeline, policy, prompts, trainer.reward, num_generations=c.num_generations,
-                        schedule=c.schedule, seed=seed, mode=c.mode, num_inference_steps=c.num_inference_steps,
-                        guidance_scale=c.guidance_scale, height=c.height, width=c.width, preview=c.preview,
-                        preview_size=c.preview_size)
-        if r:
-            rates.append(batch.num_trajectories / (time.perf_counter() - start))
+
+def compare_backends(trainer: GRPOTrainer, policies: dict, prompts, repeats: int) -> dict[str, list[float]]:
+    """Rollouts per second per backend: one warm-up round, then ``repeats`` interleaved rounds
+    (both backends sample the same seeds)."""
+    rates: dict[str, list[float]] = {name: [] for name in policies}
+    for r in range(repeats + 1):
+        seed = derived_seed(trainer.config.seed, 777, r)
+        for name, policy in policies.items():
+            rate = timed_rollout(trainer, policy, prompts, seed)
+            if r:
+                rates[name].append(rate)
     return rates
 
 
@@ -67,18 +76,19 @@ def main() -> None:
     prompts = trainer.prompts_for_step(0)
     print(f"batch: {len(prompts)} prompts x {config.num_generations} generations, {config.num_inference_steps} steps, "
           f"schedule {config.schedule}, max {config.max_completion_length} new tokens, torch threads "
-          f"{torch.get_num_threads()}")
+          f"{torch.get_num_threads()}", flush=True)
 
     if not args.skip_vllm and importlib.util.find_spec("vllm") is not None:
-        hf = rollouts_per_second(trainer, trainer.policy, prompts, args.repeats)
-        trainer.rollout_policy = trainer._start_vllm()
+        own = trainer.rollout_policy is trainer.policy  # else rollout_backend=vllm started one already
+        vllm_policy = trainer._start_vllm() if own else trainer.rollout_policy
         try:
-            vl = rollouts_per_second(trainer, trainer.rollout_policy, prompts, args.repeats)
+            rates = compare_backends(trainer, {"hf": trainer.policy, "vllm": vllm_policy}, prompts, args.repeats)
         finally:
-            trainer.close()
-            trainer.rollout_policy = trainer.policy
-        print(f"\nrollouts/s  transformers generate {statistics.median(hf):.3f}   vLLM {statistics.median(vl):.3f}   "
-              f"ratio vLLM/HF {statistics.median(vl) / statistics.median(hf):.2f}x")
+            if own:
+                vllm_policy.shutdown()
+        hf, vl = statistics.median(rates["hf"]), statistics.median(rates["vllm"])
+        print(f"\nrollouts/s (median of {args.repeats})  transformers generate {hf:.3f}   vLLM {vl:.3f}   "
+              f"ratio vLLM/HF {vl / hf:.2f}x", flush=True)
     elif not args.skip_vllm:
         print("vLLM is not installed: rollout throughput comparison skipped")
 

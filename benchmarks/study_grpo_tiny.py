@@ -4,14 +4,16 @@ several seeds and compare the held-out reward of the trained adapter with the un
     .venv/bin/python benchmarks/study_grpo_tiny.py --seeds 0 1 2 --set max_steps=30
 
 Prints, per seed, the untrained and trained held-out reward (greedy policy, fixed latents, the
-eval schedule), then the mean gain, its standard deviation over seeds and the paired effect
-size (mean gain / std of gains; Cohen's d_z).
+eval schedule), then the mean gain with its 95% t-interval over seeds (Student's t, n - 1
+degrees of freedom), the standard deviation of the gains and the paired effect size (mean gain /
+std of gains; Cohen's d_z).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import tempfile
 from pathlib import Path
@@ -42,12 +44,22 @@ def main() -> None:
         after = trainer.evaluate(config.max_steps)["eval/reward"]
         rows.append({"seed": seed, "untrained": before, "trained": after, "gain": after - before})
         print(json.dumps(rows[-1]), flush=True)
-    gains = [r["gain"] for r in rows]
-    mean = statistics.fmean(gains)
-    sd = statistics.stdev(gains) if len(gains) > 1 else float("nan")
-    print(f"held-out reward gain over {len(gains)} seeds: mean {mean:+.4f}, sd {sd:.4f}, "
-          f"effect size d_z {mean / sd if sd else float('inf'):.2f}, improved in {sum(g > 0 for g in gains)}/{len(gains)}")
+    print(summarise([r["gain"] for r in rows]))
 
+
+def summarise(gains: list[float], confidence: float = 0.95) -> str:
+    """Mean gain ± half-width of its ``confidence`` t-interval, sd, Cohen's d_z, seeds improved."""
+    from scipy import stats
+
+    n, mean = len(gains), statistics.fmean(gains)
+    if n < 2:
+        return f"held-out reward gain over 1 seed: {mean:+.4f} (no interval from one seed)"
+    sd = statistics.stdev(gains)
+    half = stats.t.ppf((1 + confidence) / 2, n - 1) * sd / math.sqrt(n)
+    d_z = mean / sd if sd else float("inf")
+    return (f"held-out reward gain over {n} seeds: mean {mean:+.4f} ± {half:.4f} "
+            f"({confidence:.0%} t-interval [{mean - half:+.4f}, {mean + half:+.4f}]), sd {sd:.4f}, "
+            f"Cohen's d_z {d_z:.2f}, improved in {sum(g > 0 for g in gains)}/{n}")
 
 if __name__ == "__main__":
     main()

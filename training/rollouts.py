@@ -27,6 +27,7 @@ from PIL import Image
 
 from promptloop import PromptLoopHook
 from promptloop.oneshot import is_oneshot, oneshot_rewrite
+from promptloop.policies.base import SamplingConfig
 from promptloop.policies.messages import (
     PLAN_SYSTEM_PROMPT,
     SYSTEM_PROMPT,
@@ -78,10 +79,12 @@ class RolloutBatch:
 
 
 class _TimedPolicy:
-    """Forwards ``refine``/``plan`` and adds up the time spent in them."""
+    """Forwards ``refine``/``plan`` (with ``sampling=`` when given, so the policy's own default
+    sampling is left untouched) and adds up the time spent in them."""
 
-    def __init__(self, policy: Any) -> None:
+    def __init__(self, policy: Any, sampling: SamplingConfig | None = None) -> None:
         self.policy = policy
+        self.options: dict[str, Any] = {"sampling": sampling} if sampling is not None else {}
         self.seconds = 0.0
         self.system_prompt = getattr(policy, "system_prompt", None)
         if hasattr(policy, "messages_for"):
@@ -90,14 +93,14 @@ class _TimedPolicy:
     def refine(self, observations):
         start = time.perf_counter()
         try:
-            return self.policy.refine(observations)
+            return self.policy.refine(observations, **self.options)
         finally:
             self.seconds += time.perf_counter() - start
 
     def plan(self, prompts, steps, num_steps):
         start = time.perf_counter()
         try:
-            return self.policy.plan(prompts, steps, num_steps)
+            return self.policy.plan(prompts, steps, num_steps, **self.options)
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -151,14 +154,17 @@ def rollout(
     width: int | None = None,
     preview: str = "vae",
     preview_size: int = 56,
+    sampling: SamplingConfig | None = None,
 ) -> RolloutBatch:
     """Sample ``num_generations`` trajectories per prompt through the hook and score them.
 
-    ``seed`` fixes the initial latents and a random schedule's draws (the policy's own sampling
-    seed is set on the policy). Returns the batch with one record per policy action.
+    ``seed`` fixes the initial latents and a random schedule's draws; ``sampling`` decodes every
+    policy call of the rollout (passed per call to a
+    :class:`~promptloop.policies.base.GenerativePolicy`; default: the policy's own). Returns the
+    batch with one record per policy action.
     """
     prompts = list(prompts)
-    timed = _TimedPolicy(policy)
+    timed = _TimedPolicy(policy, sampling)
     per_sample = [p for p in prompts for _ in range(num_generations)]
     generator = torch.Generator(device="cpu").manual_seed(int(seed))
     call = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,

@@ -19,7 +19,7 @@ import logging
 import random
 import re
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +116,30 @@ class Runtime:
         tensor = torch.tensor([float(values[k]) for k in keys], device=self.device, dtype=torch.float64)
         tensor = self.accelerator.reduce(tensor, reduction="mean")
         return dict(zip(keys, tensor.tolist()))
+
+    def average_gradients(self, params: Sequence[torch.nn.Parameter], count: float = 0.0) -> float:
+        """Average the gradients of ``params`` over processes (a missing gradient counts as zero)
+        in one all-reduce, and return ``count`` summed over processes.
+
+        Every process must call it once per update whatever its batch held (even nothing), so the
+        collectives always match: a process without trainable actions would otherwise leave the
+        others waiting in DDP's backward all-reduce. Identity with one process.
+        """
+        if self.num_processes == 1:
+            return float(count)
+        grads = [p.grad.detach().float().reshape(-1) if p.grad is not None
+                 else torch.zeros(p.numel(), device=p.device) for p in params]
+        flat = torch.cat(grads + [torch.tensor([float(count)], device=self.device)])
+        flat = self.accelerator.reduce(flat, reduction="sum")
+        offset = 0
+        for p in params:
+            grad = (flat[offset:offset + p.numel()] / self.num_processes).view_as(p).to(p.dtype)
+            offset += p.numel()
+            if p.grad is None:
+                p.grad = grad
+            else:
+                p.grad.copy_(grad)
+        return float(flat[-1])
 
     # -- logging ----------------------------------------------------------------------------
     @property

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import itertools
 import logging
 import os
@@ -60,7 +61,7 @@ class VLLMRequests:
     """One call's engine inputs (see :meth:`VLLMPolicy.requests`)."""
 
     prompts: list[dict[str, Any]]
-    params: Any  # vllm.SamplingParams
+    params: list[Any]  # one vllm.SamplingParams per prompt
     lora: Any  # vllm LoRARequest, or None for the base model
 
 
@@ -281,14 +282,22 @@ class VLLMPolicy(GenerativePolicy):
         """What the engine gets for these conversations, for both the synchronous and the
         asynchronous engine: prompts (each checked against :meth:`input_token_limit`, so an
         over-long one raises :class:`~promptloop.policies.base.InputTooLongError` before anything
-        runs), sampling parameters (``sampling``, default :attr:`sampling`) and the ``LoRARequest``
-        of ``adapter`` (default: :attr:`adapter`; None: the base model)."""
+        runs), sampling parameters per prompt (``sampling``, default :attr:`sampling`; a seed
+        ``s`` seeds the i-th request with ``s + i``, so identical conversations in one call, such
+        as the G rollouts of one prompt, still draw different samples, as one seeded batched
+        ``generate`` does in transformers) and the ``LoRARequest`` of ``adapter`` (default:
+        :attr:`adapter`; None: the base model)."""
         s = sampling or self.sampling
         count = self.input_token_limit(s) is not None
         prompts = [self.engine_input(c, count_tokens=count) for c in conversations]
         if count:
             self.check_input_tokens([p.pop("num_tokens") for p in prompts], s)
-        return VLLMRequests(prompts, self.sampling_params(s, final_only=final_only), self.lora_request(adapter))
+        if s.seed is None:
+            params = [self.sampling_params(s, final_only=final_only)] * len(prompts)
+        else:
+            params = [self.sampling_params(dataclasses.replace(s, seed=s.seed + i), final_only=final_only)
+                      for i in range(len(prompts))]
+        return VLLMRequests(prompts, params, self.lora_request(adapter))
 
     def sampling_params(self, sampling: SamplingConfig | None = None, *, final_only: bool = False):
         """vLLM ``SamplingParams`` for a :class:`SamplingConfig` (default: this policy's)."""
@@ -459,17 +468,17 @@ class AsyncVLLMPolicy(VLLMPolicy):
             None, lambda: self.requests(conversations, final_only=True, **kwargs)
         )
 
-        async def one(prompt: dict[str, Any]) -> Generation:
+        async def one(prompt: dict[str, Any], params: Any) -> Generation:
             final = None
             async for output in self._engine.generate(
-                prompt, copy.copy(batch.params), request_id=uuid.uuid4().hex, lora_request=batch.lora
+                prompt, copy.copy(params), request_id=uuid.uuid4().hex, lora_request=batch.lora
             ):
                 final = output
             if final is None:
                 raise RuntimeError("vLLM returned no output")
             return self.to_generation(final)
 
-        return list(await asyncio.gather(*(one(p) for p in batch.prompts)))
+        return list(await asyncio.gather(*(one(p, q) for p, q in zip(batch.prompts, batch.params))))
 
     def _run(self, coro):
         """Run a coroutine on the engine's loop from synchronous code."""

@@ -18,6 +18,7 @@ import contextlib
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -78,13 +79,19 @@ class GRPOTrainer:
                                        top_p=config.top_p, return_logprobs=True)
         self.policy = TransformersPolicy(self.unwrapped, processor, self.sampling)
         self.step = 0
+        self._adapter_version = -1  # rollout adapters written for a vLLM engine
         self.rollout_policy: Any = self.policy
         if config.rollout_backend == "vllm":
             self.rollout_policy = self._start_vllm()
 
     # -- vLLM rollouts ----------------------------------------------------------------------
-    def _rollout_adapter_dir(self) -> Path:
-        return self.runtime.output_dir / f"rollout-adapter-{self.runtime.process_index}"
+    def _write_rollout_adapter(self) -> Path:
+        """Save the current adapter to a fresh folder (one per version: vLLM's prefix cache keys
+        include the adapter's path, so KV computed with an older version is never reused)."""
+        self._adapter_version += 1
+        path = self.runtime.output_dir / f"rollout-adapter-{self.runtime.process_index}" / f"v{self._adapter_version}"
+        self.unwrapped.save_pretrained(str(path))
+        return path
 
     def _start_vllm(self) -> Any:
         """An in-process vLLM engine on the base model serving the current adapter as a LoRA."""
@@ -92,8 +99,7 @@ class GRPOTrainer:
 
         if self.base_path is None:
             raise ValueError("rollout_backend=vllm needs the policy loaded from config.policy (a path)")
-        path = self._rollout_adapter_dir()
-        self.unwrapped.save_pretrained(str(path))
+        path = self._write_rollout_adapter()
         cpu = self.runtime.device.type == "cpu"
         return VLLMPolicy(
             self.base_path, adapter=path, sampling=self.sampling, max_lora_rank=max(8, self.config.lora_r),
@@ -102,13 +108,13 @@ class GRPOTrainer:
         )
 
     def _sync_rollout_adapter(self) -> None:
-        """After an update: write the adapter and load it into the engine as a new LoRA request
-        (no weight merging)."""
+        """After an update: write the adapter and load it into the running engine as a new LoRA
+        in place of the previous one (no weight merging)."""
         if self.rollout_policy is self.policy:
             return
-        path = self._rollout_adapter_dir()
-        self.unwrapped.save_pretrained(str(path))
-        self.rollout_policy.add_adapter("default", path)
+        previous = Path(self.rollout_policy.adapters["default"])
+        self.rollout_policy.add_adapter("default", self._write_rollout_adapter())
+        shutil.rmtree(previous, ignore_errors=True)  # the engine holds the weights it loaded
 
     # -- data -------------------------------------------------------------------------------
     def prompts_for_step(self, step: int) -> list[str]:
@@ -129,7 +135,7 @@ class GRPOTrainer:
     def _rollout(self, prompts: Sequence[str], seed: int, *, schedule: str, temperature: float,
                  num_generations: int) -> RolloutBatch:
         c = self.config
-        self.rollout_policy.sampling = SamplingConfig(
+        sampling = SamplingConfig(
             max_new_tokens=c.max_completion_length, temperature=temperature, top_p=c.top_p,
             return_logprobs=True, seed=derived_seed(seed, 1) % 2**31,
         )
@@ -137,7 +143,7 @@ class GRPOTrainer:
         return rollout(
             self.pipeline, self.rollout_policy, prompts, self.reward, num_generations=num_generations, schedule=schedule,
             seed=seed, mode=c.mode, num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale,
-            height=c.height, width=c.width, preview=c.preview, preview_size=c.preview_size,
+            height=c.height, width=c.width, preview=c.preview, preview_size=c.preview_size, sampling=sampling,
         )
 
     # -- scoring ----------------------------------------------------------------------------
@@ -181,23 +187,24 @@ class GRPOTrainer:
         num_tokens = float(sum(len(a.token_ids) for a in actions))
         stats_sum = {name: 0.0 for name in LossStats.__dataclass_fields__}  # same keys on every process
         entropy_sum, token_count, loss_sum, grad_norm = 0.0, 0.0, 0.0, 0.0
+        params = [p for p in self.unwrapped.parameters() if p.requires_grad]
         self.unwrapped.train()
         for _ in range(c.num_iterations):
             self.optimizer.zero_grad(set_to_none=True)
+            # Forward and backward on the unwrapped model (no DDP hooks): processes may hold
+            # different numbers of actions, even none, so the gradients are averaged once per
+            # update below, by every process.
             for k, group in enumerate(groups):
-                sync = k == len(groups) - 1
-                no_sync = contextlib.nullcontext() if sync else self.runtime.accelerator.no_sync(self.model)
-                with no_sync:
-                    scored = self._score([actions[i] for i in group], model=self.model)
-                    logps = scored.logprobs
-                    old_logps = old[k] if old[k] is not None else logps.detach()
-                    loss, stats = grpo_loss(
-                        logps, old_logps, adv[group], scored.mask, ref_logps=ref[k], beta=c.beta,
-                        epsilon=c.epsilon, epsilon_high=c.epsilon_high, loss_type=c.loss_type,
-                        max_completion_length=c.max_completion_length, num_sequences=len(actions),
-                        num_tokens=num_tokens,
-                    )
-                    self.runtime.accelerator.backward(loss)
+                scored = self._score([actions[i] for i in group], model=self.unwrapped)
+                logps = scored.logprobs
+                old_logps = old[k] if old[k] is not None else logps.detach()
+                loss, stats = grpo_loss(
+                    logps, old_logps, adv[group], scored.mask, ref_logps=ref[k], beta=c.beta,
+                    epsilon=c.epsilon, epsilon_high=c.epsilon_high, loss_type=c.loss_type,
+                    max_completion_length=c.max_completion_length, num_sequences=len(actions),
+                    num_tokens=num_tokens,
+                )
+                self.runtime.accelerator.backward(loss)
                 tokens = float(scored.mask.sum())
                 loss_sum += float(loss.detach())
                 for key, value in vars(stats).items():
@@ -205,10 +212,9 @@ class GRPOTrainer:
                 if scored.entropies is not None:
                     entropy_sum += float((scored.entropies * scored.mask).sum())
                 token_count += tokens
-            if groups:
+            if self.runtime.average_gradients(params, len(actions)) > 0:  # any process had actions
                 if c.max_grad_norm and c.max_grad_norm > 0:
-                    grad_norm = float(self.runtime.accelerator.clip_grad_norm_(
-                        [p for p in self.model.parameters() if p.requires_grad], c.max_grad_norm))
+                    grad_norm = float(self.runtime.accelerator.clip_grad_norm_(params, c.max_grad_norm))
                 self.optimizer.step()
             self.scheduler.step()
         self.unwrapped.eval()
