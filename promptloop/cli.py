@@ -1,5 +1,6 @@
-"""The ``promptloop`` command line: ``demo``, ``generate``, ``trace``, and the surfaces built on
-the library: ``serve`` (the sidecar), ``comfy`` (the ComfyUI pack) and ``train`` (the trainers).
+"""The ``promptloop`` command line: ``demo``, ``generate``, ``trace``, ``eval`` (the evaluation,
+:mod:`promptloop.evaluation`), and the surfaces built on the library: ``serve`` (the sidecar),
+``comfy`` (the ComfyUI pack) and ``train`` (the trainers).
 
 The surfaces are registered lazily: importing this module (or running ``promptloop --help``)
 imports none of ``promptloop.server``, ``promptloop.comfy_nodes`` or ``promptloop.training``;
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import click
 import typer
@@ -84,7 +85,7 @@ def demo(
         help="shapes: ShapesWorld's shipped backbone and policy, with exact rewards before/after; "
              "random: tiny random-weight models (--family, --preview, --size, --policy-steps apply).")] = "shapes",
     family: Annotated[str, typer.Option(help="Tiny backbone family: sd, sdxl, sd3 or flux.")] = "sd",
-    prompt: Annotated[Optional[list[str]], typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
     schedule: ScheduleOpt = "evenly:3",
     mode: ModeOpt = "sync",
@@ -166,27 +167,27 @@ def generate(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="Prompt (repeatable for a batch).")],
     backbone: Annotated[str, typer.Option(help="Diffusers pipeline: local folder or hub id (SD 1.5, SDXL, SD3, FLUX).")],
     policy: Annotated[str, typer.Option(help="Policy: local folder or hub id (Qwen2-VL / Qwen2.5-VL), or a sidecar URL.")],
-    policy_backend: Annotated[Optional[str], typer.Option(
+    policy_backend: Annotated[str | None, typer.Option(
         help="transformers | vllm | http | openai (default: http for URLs, transformers otherwise).")] = None,
-    adapter: Annotated[Optional[str], typer.Option(help="peft LoRA adapter folder for the policy.")] = None,
-    api_key: Annotated[Optional[str], typer.Option(envvar="PROMPTLOOP_API_KEY", help="API key for http/openai policies.")] = None,
+    adapter: Annotated[str | None, typer.Option(help="peft LoRA adapter folder for the policy.")] = None,
+    api_key: Annotated[str | None, typer.Option(envvar="PROMPTLOOP_API_KEY", help="API key for http/openai policies.")] = None,
     schedule: ScheduleOpt = "evenly:5",
     mode: ModeOpt = "sync",
     preview: PreviewOpt = "vae",
-    taesd: Annotated[Optional[str], typer.Option(help="TAESD AutoencoderTiny folder or hub id, for --preview taesd.")] = None,
+    taesd: Annotated[str | None, typer.Option(help="TAESD AutoencoderTiny folder or hub id, for --preview taesd.")] = None,
     preview_size: Annotated[int, typer.Option(help="Longer side of the preview shown to the policy.")] = 256,
-    negative_prompt: Annotated[Optional[str], typer.Option(help="Negative prompt.")] = None,
+    negative_prompt: Annotated[str | None, typer.Option(help="Negative prompt.")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 30,
-    guidance: Annotated[Optional[float], typer.Option(help="Guidance scale (pipeline default if unset).")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale (pipeline default if unset).")] = None,
     num_images: Annotated[int, typer.Option(help="Images per prompt.")] = 1,
-    height: Annotated[Optional[int], typer.Option(help="Image height (pipeline default if unset).")] = None,
-    width: Annotated[Optional[int], typer.Option(help="Image width (pipeline default if unset).")] = None,
+    height: Annotated[int | None, typer.Option(help="Image height (pipeline default if unset).")] = None,
+    width: Annotated[int | None, typer.Option(help="Image width (pipeline default if unset).")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
-    policy_seed: Annotated[Optional[int], typer.Option(help="Seed of the policy's sampling.")] = None,
+    policy_seed: Annotated[int | None, typer.Option(help="Seed of the policy's sampling.")] = None,
     temperature: Annotated[float, typer.Option(help="Policy temperature (0 = greedy).")] = 0.0,
     max_new_tokens: Annotated[int, typer.Option(help="Longest refined prompt, in tokens.")] = 96,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for one policy answer before keeping the prompt.")] = 60.0,
-    device: Annotated[Optional[str], typer.Option(help="cuda, cpu, cuda:1 ... (default: cuda if available).")] = None,
+    device: Annotated[str | None, typer.Option(help="cuda, cpu, cuda:1 ... (default: cuda if available).")] = None,
     dtype: Annotated[str, typer.Option(help="auto | float16 | bfloat16 | float32.")] = "auto",
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images and the trace.")] = Path("promptloop-out"),
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
@@ -230,8 +231,8 @@ def generate(
 @app.command()
 def trace(
     path: Annotated[Path, typer.Argument(help="A trace.json (or the folder holding it).")],
-    html_out: Annotated[Optional[Path], typer.Option("--html", help="Write an HTML page here.")] = None,
-    png_out: Annotated[Optional[Path], typer.Option("--png", help="Write a PNG strip here.")] = None,
+    html_out: Annotated[Path | None, typer.Option("--html", help="Write an HTML page here.")] = None,
+    png_out: Annotated[Path | None, typer.Option("--png", help="Write a PNG strip here.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the trace as JSON.")] = False,
 ) -> None:
     """Show a saved trace as text, or re-render it as HTML / PNG."""
@@ -254,6 +255,11 @@ SURFACES: tuple[tuple[str, str, str, str | None], ...] = (
      "Install the PromptLoop node pack into ComfyUI (`promptloop comfy install --help`).", None),
     ("train", "promptloop.training.cli:app",
      "Train the policy (GRPO) or the backbone (DDPO, B2-DiffuRL) from a YAML config.", "train"),
+    ("eval", "promptloop.evaluation.command:eval_command",
+     "Score the backbone, tuned backbone and PromptLoop policies on held-out prompts and seeds "
+     "(table, CSV, plot, trace strips; resumable). See `promptloop eval --help`.", "eval"),
+    ("experiment", "promptloop.training.shapes.experiment:app",
+     "Run the ShapesWorld alignment experiment end to end (`promptloop experiment shapes --help`).", "train"),
 )
 # Everything after the command name goes to the surface's own command, --help included.
 _PASS_THROUGH = {"ignore_unknown_options": True, "allow_extra_args": True, "help_option_names": []}

@@ -10,9 +10,7 @@ refinement after step ``k`` of an ``N``-step run ``step k of 0-(N-1)`` (:func:`s
 
 from __future__ import annotations
 
-import base64
 import html
-import io
 import json
 import textwrap
 from dataclasses import asdict, dataclass, field, fields
@@ -259,14 +257,15 @@ def _thumbnail(img: Image.Image, size: int) -> Image.Image:
     return out
 
 
-def _data_url(img: Image.Image, size: int = 192) -> str:
-    buf = io.BytesIO()
-    _thumbnail(img, size).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+def thumbnail_data_url(img: Image.Image, size: int = 192) -> str:
+    """A ``size``-pixel square PNG thumbnail of ``img`` as a ``data:`` URL (for HTML pages)."""
+    from promptloop.wire import image_data_url
+
+    return image_data_url(_thumbnail(img, size))
 
 
 def _html_cell(img, label: str, prompt: str, note: str | None, *, changed: bool = True) -> str:
-    pic = f'<img src="{_data_url(img)}" alt="{html.escape(label)}">' if img is not None else '<div class="noimg"></div>'
+    pic = f'<img src="{thumbnail_data_url(img)}" alt="{html.escape(label)}">' if img is not None else '<div class="noimg"></div>'
     cls = "cell" if changed else "cell kept"
     note_html = f'<div class="note">{html.escape(note)}</div>' if note else ""
     return (

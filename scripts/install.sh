@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create (or update) the project's virtualenv and install PromptLoop into it, editable.
 #
-#   bash scripts/install.sh            # library + server + trainer + reward models + dev tools (what the tests need)
+#   bash scripts/install.sh            # library + server + trainer + reward models + eval plots + dev tools (what the tests need)
 #   bash scripts/install.sh --vllm     # ... plus the CPU build of vLLM (for the sidecar's tests)
 #
 # Works on a machine that starts with bare CPython: it bootstraps `uv` with pip, then lets uv
@@ -38,7 +38,7 @@ fi
 echo "==> installing promptloop (editable) and its dependencies into $VENV"
 "${UV[@]}" pip install --quiet --python "$VENV/bin/python" \
     --constraint "$ROOT/scripts/constraints.txt" \
-    -e "$ROOT[vision,server,train,rewards,dev]"
+    -e "$ROOT[vision,server,train,rewards,eval,dev]"
 
 if [[ "$WITH_VLLM" == 1 ]]; then
     echo "==> installing vLLM (CPU build)"

@@ -147,6 +147,9 @@ class GRPOConfig(TrainConfig):
     rollout_backend: str = "transformers"
     #: Sampling temperature at evaluation (0 = greedy).
     eval_temperature: float = 0.0
+    #: Registry rewards scored at evaluation only, never trained on (held-out metrics that show
+    #: reward hacking, e.g. ``shapes_fidelity``); logged as ``eval/metric/<name>``.
+    eval_metrics: list[str] = field(default_factory=list)
 
     def validate(self) -> None:
         super().validate()

@@ -10,7 +10,8 @@ log-probs, the trajectory it belongs to and that trajectory's reward. Every trai
 the policy (GRPO today) and evaluation share this module.
 
 ``schedule="oneshot"`` is the RePrompt-style baseline: the same policy rewrites each prompt once
-before sampling (no preview), and the pipeline runs on the rewritten prompts.
+before sampling (no preview, :func:`promptloop.oneshot.oneshot_rewrite`, which ``promptloop
+eval`` uses too), and the pipeline runs on the rewritten prompts.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import torch
 from PIL import Image
 
 from promptloop import PromptLoopHook
+from promptloop.oneshot import is_oneshot, oneshot_rewrite
 from promptloop.policies.messages import (
     PLAN_SYSTEM_PROMPT,
     SYSTEM_PROMPT,
@@ -32,12 +34,10 @@ from promptloop.policies.messages import (
     build_messages,
     build_plan_messages,
 )
-from promptloop.refinement import Observation
 from promptloop.rewards.registry import CombinedReward
 from promptloop.schedule import RefineSchedule
 from promptloop.trace import Trace, TraceEntry
 
-ONESHOT = "oneshot"
 #: Fallbacks that still come with generated tokens (the policy wrote something unusable).
 TOKEN_FALLBACKS = ("empty", "too_long", "truncated", "unparsable")
 
@@ -166,8 +166,8 @@ def rollout(
     if height:
         call.update(height=height, width=width)
     start = time.perf_counter()
-    if isinstance(schedule, str) and schedule.strip().lower() == ONESHOT:
-        trace, conditioning = _oneshot(timed, per_sample, num_inference_steps)
+    if is_oneshot(schedule):
+        trace, conditioning = oneshot_rewrite(timed, per_sample, num_inference_steps)
         # One prompt per sample now: the pipeline gets the rewritten prompts, one image each.
         call["num_images_per_prompt"] = 1
         images = pipeline(conditioning, **call).images
@@ -201,23 +201,3 @@ def rollout(
         "time/reward_s": reward_s,
     }
     return RolloutBatch(per_sample, list(images), trace, actions, terms, rewards, fallbacks, timings)
-
-
-def _oneshot(policy: Any, prompts: list[str], num_steps: int) -> tuple[Trace, list[str]]:
-    """Rewrite each prompt once before sampling (no preview): a trace with one entry per sample
-    at step ``-1`` ("before the first step"), and the prompts to sample with."""
-    observations = [Observation(p, p, -1, num_steps, sample_index=i) for i, p in enumerate(prompts)]
-    refinements = policy.refine(observations)
-    system_prompt = getattr(policy, "system_prompt", None)
-    if system_prompt is None and hasattr(policy, "messages_for"):
-        system_prompt = SYSTEM_PROMPT
-    trace = Trace(original_prompts=list(prompts), meta={"mode": ONESHOT, "num_steps": num_steps, "refine_steps": [-1]})
-    for obs, ref in zip(observations, refinements):
-        trace.entries.append(TraceEntry(
-            sample_index=obs.sample_index, step=-1, num_steps=num_steps, prompt_before=obs.current_prompt,
-            prompt_after=ref.text, applied_step=-1 if ref.fallback is None else None,
-            fallback=ref.fallback.value if ref.fallback else None, error=ref.error, raw_text=ref.raw_text,
-            latency_s=ref.latency_s, mode=ONESHOT, token_ids=ref.token_ids, logprobs=ref.logprobs,
-            system_prompt=system_prompt, observation=dataclasses.replace(obs),
-        ))
-    return trace, trace.final_prompts()

@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from promptloop.policies.base import SamplingConfig
-from promptloop.policies.transformers import TransformersPolicy
-from promptloop.rewards.registry import CombinedReward, load_reward
 from promptloop.training.config import GRPOConfig, normalise_scale_rewards
-from promptloop.training.grpo.loss import LossStats, grpo_loss, group_advantages
+from promptloop.training.grpo.loss import LossStats, group_advantages, grpo_loss
 from promptloop.training.models import load_backbone, load_policy_model, load_prompts
 from promptloop.training.rollouts import ActionRecord, RolloutBatch, rollout
 from promptloop.training.runtime import Runtime, derived_seed
+
+from promptloop.policies.base import SamplingConfig
+from promptloop.policies.transformers import TransformersPolicy
+from promptloop.rewards.registry import CombinedReward, get_reward, load_reward
 
 logger = logging.getLogger("promptloop.training")
 
@@ -59,6 +59,7 @@ class GRPOTrainer:
         self.reward = reward if reward is not None else load_reward(config.reward, config.reward_options)
         self.train_prompts = load_prompts(config.prompts)
         self.eval_prompts = load_prompts(config.eval_prompts)[: config.eval_num_prompts]
+        self.eval_metrics = {name: get_reward(name) for name in config.eval_metrics}
         self.scale_rewards = normalise_scale_rewards(config.scale_rewards)
 
         params = [p for p in model.parameters() if p.requires_grad]
@@ -257,6 +258,9 @@ class GRPOTrainer:
             metrics["eval/reward"] = float(torch.tensor(batch.rewards).mean())
             for name, values in batch.reward_terms.items():
                 metrics[f"eval/{name}"] = float(torch.tensor(values).mean())
+            for name, metric in self.eval_metrics.items():
+                values = metric(batch.images, batch.prompts, None)
+                metrics[f"eval/metric/{name}"] = float(torch.tensor(values, dtype=torch.float64).mean())
             entries = batch.trace.entries
             metrics["eval/fallback_rate"] = sum(e.fallback is not None for e in entries) / max(1, len(entries))
             for entry in entries:  # rollouts keep previews only in the observation snapshots

@@ -52,7 +52,6 @@ def run_demo(out: Path, *, prompts: Sequence[str] | None = None, backbone: str =
 
     from promptloop import PromptLoopHook
     from promptloop.policies import SamplingConfig, TransformersPolicy
-
     from promptloop.schedule import RefineSchedule
 
     prompts = list(prompts or DEMO_PROMPTS)
@@ -109,14 +108,14 @@ def run_demo(out: Path, *, prompts: Sequence[str] | None = None, backbone: str =
 
 
 def _reward_table(results: list[dict], before: list[Image.Image], after: list[Image.Image]) -> str:
-    from promptloop.trace import _data_url
+    from promptloop.trace import thumbnail_data_url
 
     rows = []
     for i, r in enumerate(results):
         rows.append(
             f"<tr><td>#{i}</td><td>{html.escape(r['prompt'])}</td>"
-            f"<td><img src=\"{_data_url(before[i], 96)}\" alt=\"before\"><br>{html.escape(_fmt(r['before']))}</td>"
-            f"<td><img src=\"{_data_url(after[i], 96)}\" alt=\"after\"><br>{html.escape(_fmt(r['after']))}</td>"
+            f"<td><img src=\"{thumbnail_data_url(before[i], 96)}\" alt=\"before\"><br>{html.escape(_fmt(r['before']))}</td>"
+            f"<td><img src=\"{thumbnail_data_url(after[i], 96)}\" alt=\"after\"><br>{html.escape(_fmt(r['after']))}</td>"
             f"<td>{html.escape(r['final_prompt'])}</td>"
             f"<td>{html.escape(', '.join(f'{v:.2f}' for v in r['preview_rewards']))}</td></tr>")
     return ("<h2>Exact reward before / after refinement (same noise)</h2>"

@@ -85,3 +85,27 @@ def evaluate_backbone(pipe, n: int = 64, *, styles: Sequence[str] = USER_STYLES,
 TEST_SET: dict = {"n": 16, "seed": 0, "steps": 20, "guidance": 4.0}
 #: The larger held-out set the docs report.
 REPORT_SET: dict = {"n": 128, "seed": 0, "steps": 20, "guidance": 4.0}
+
+
+def attribute_metrics(attributes: Sequence[str] = ATTRIBUTES) -> dict[str, object]:
+    """Per-attribute exact scores as ``promptloop.evaluation`` metrics: ``{"shapes_color": fn, ...}``,
+    each ``fn(images, prompts)`` giving the attribute's score per image, ``None`` where the prompt
+    does not constrain it (left out of the means), 0 for prompts outside the grammar."""
+    from promptloop.worlds.shapes.grammar import ParseError
+
+    def metric(attribute: str):
+        def score(images: Sequence[Image.Image], prompts: Sequence[str]) -> list[float | None]:
+            out: list[float | None] = []
+            for image, prompt in zip(images, prompts, strict=True):
+                try:
+                    out.append(score_image(image, prompt)[attribute])
+                except ParseError:
+                    out.append(0.0)
+            return out
+
+        return score
+
+    unknown = set(attributes) - set(ATTRIBUTES)
+    if unknown:
+        raise ValueError(f"unknown ShapesWorld attributes {sorted(unknown)}; choose from {ATTRIBUTES}")
+    return {f"shapes_{a}": metric(a) for a in attributes}

@@ -1,0 +1,83 @@
+"""``promptloop eval`` (registered lazily by :mod:`promptloop.cli`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+
+def _split(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def eval_command(
+    config: Annotated[Path | None, typer.Option(
+        "--config", "-c", exists=True, dir_okay=False,
+        help="YAML file with 'rows:' (EvalRow fields) and 'settings:' (EvalSettings fields); see docs/evaluation.md.")] = None,
+    backbone: Annotated[str | None, typer.Option(
+        help="Backbone (folder, hub id or tiny:sd): adds the standard rows backbone, backbone+policy, "
+             "tuned, tuned+policy for the inputs given.")] = None,
+    policy: Annotated[str | None, typer.Option(help="PromptLoop policy: folder, hub id, tiny or tiny-warm.")] = None,
+    policy_adapter: Annotated[str | None, typer.Option(help="peft LoRA folder of the policy (promptloop train grpo).")] = None,
+    backbone_adapter: Annotated[str | None, typer.Option(
+        help="diffusers LoRA folder of the tuned backbone (promptloop train ddpo|b2).")] = None,
+    schedule: Annotated[str, typer.Option(help="Refine schedule of the policy rows ('evenly:2', '0.3,0.6', 'oneshot').")] = "evenly:2",
+    mode: Annotated[str, typer.Option(help="sync | async | ahead.")] = "sync",
+    prompts: Annotated[str | None, typer.Option(
+        help="Prompt set: tiny-heldout, shapes-heldout:32, or a text file (one prompt a line).")] = None,
+    seeds: Annotated[str | None, typer.Option(help="Sampling seeds, e.g. 0,1,2.")] = None,
+    rewards: Annotated[str | None, typer.Option(help="Reward names from the registry, e.g. shapes,shapes_fidelity.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Denoising steps.")] = None,
+    guidance: Annotated[float | None, typer.Option(help="Guidance scale.")] = None,
+    size: Annotated[int | None, typer.Option(help="Image height and width.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Prompts per pipeline call.")] = None,
+    num_strips: Annotated[int | None, typer.Option(help="Prompts shown in each row's trace strip.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ... (default: cuda if available).")] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (cells/, strips/, results.*).")] = Path("promptloop-eval"),
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+) -> None:
+    """Score rows (backbone alone, + policy, tuned backbone, tuned + policy ...) on held-out prompts
+    over several seeds with rewards from the registry.
+
+    Writes OUT/results.md (mean ± 95% half-width), OUT/results.csv, OUT/rewards.png and
+    OUT/strips/<row>.png; each (row, seed) cell is saved under OUT/cells/ and reused by the next run.
+
+    Example:
+
+      promptloop eval --backbone tiny:sd --policy tiny-warm --prompts tiny-heldout --seeds 0,1,2
+      --rewards jpeg_compressibility --steps 4 --size 64 --out runs/eval
+    """
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        typer.secho('error: `promptloop eval` draws its plot with matplotlib, which is not installed: '
+                    'pip install "promptloop[eval]" (in a checkout: bash scripts/install.sh)', fg="red", err=True)
+        raise typer.Exit(1) from None
+    from promptloop.evaluation.config import load_eval_config
+    from promptloop.evaluation.rows import standard_rows
+    from promptloop.evaluation.runner import evaluate
+    from promptloop.evaluation.settings import EvalSettings
+
+    rows, raw = load_eval_config(config) if config else ([], {})
+    if backbone:
+        rows += standard_rows(backbone, policy=policy, policy_adapter=policy_adapter,
+                              backbone_adapter=backbone_adapter, schedule=schedule, mode=mode)
+    elif policy or policy_adapter or backbone_adapter:
+        raise typer.BadParameter("--policy/--policy-adapter/--backbone-adapter need --backbone")
+    if not rows:
+        raise typer.BadParameter("nothing to evaluate: give --config with rows, or --backbone")
+    overrides = {"prompts": prompts, "seeds": _split(seeds), "rewards": _split(rewards), "num_inference_steps": steps,
+                 "guidance_scale": guidance, "height": size, "width": size, "batch_size": batch_size,
+                 "num_strips": num_strips, "device": device}
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    raw.setdefault("prompts", "tiny-heldout")
+    raw.setdefault("seeds", [0, 1, 2])
+    raw.setdefault("rewards", ["jpeg_compressibility"])
+    settings = EvalSettings(**raw)
+    report = evaluate(rows, settings, out, progress=not quiet)
+    reused = len(report.cells) - len(report.computed)
+    typer.echo(report.markdown())
+    typer.echo(f"\n{len(report.computed)} cells computed, {reused} reused. Wrote {out}/results.md, results.csv, "
+               f"rewards.png, strips/.")

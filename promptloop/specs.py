@@ -1,0 +1,47 @@
+"""Model specs: the strings configs and command lines use to name a backbone or a policy.
+
+A backbone spec is ``tiny:<family>`` (a tiny random pipeline built in code: ``tiny:sd``,
+``tiny:sdxl``, ``tiny:sd3``, ``tiny:flux``) or a local folder / hub id. A policy spec is ``tiny``
+(a saved random tiny Qwen2-VL), ``tiny-warm`` (the warm-started one) or a local folder / hub id.
+Trainers and ``promptloop eval`` resolve them here, so both accept the same names.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def load_backbone(spec: str, device: torch.device | str = "cpu", dtype: str | None = None) -> Any:
+    """A diffusers pipeline (progress bar off): ``tiny:sd`` (or ``tiny:sdxl`` ...) builds a tiny
+    one in code; anything else is a local folder or hub id (:func:`~promptloop.backbones.load_pipeline`)."""
+    if spec.startswith("tiny:"):
+        from promptloop.testing import tiny_pipeline
+
+        pipe = tiny_pipeline(spec.split(":", 1)[1], device=device)
+    else:
+        from promptloop.backbones.loading import load_pipeline
+
+        pipe = load_pipeline(spec, device=device, dtype=dtype)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def policy_base_path(spec: str) -> str:
+    """``tiny`` -> a saved random tiny Qwen2-VL; ``tiny-warm`` -> the warm-started one (cached);
+    anything else unchanged (a local folder or hub id)."""
+    if spec == "tiny-warm":
+        from promptloop.testing.warmup import cached_warm_tiny_qwen2vl
+
+        return str(cached_warm_tiny_qwen2vl())
+    if spec == "tiny":
+        from promptloop.testing.policy import save_tiny_qwen2vl
+
+        cache = Path(os.environ.get("PROMPTLOOP_CACHE", Path.home() / ".cache" / "promptloop")) / "tiny-qwen2vl"
+        if not (cache / "config.json").exists():
+            save_tiny_qwen2vl(cache)
+        return str(cache)
+    return spec

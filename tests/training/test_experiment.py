@@ -1,0 +1,50 @@
+"""The ShapesWorld experiment command on its reduced (CI) setting writes every artefact, with
+every row of the issue present (issue 11)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+from promptloop.training.shapes.experiment_report import LABELS
+from typer.testing import CliRunner
+
+from promptloop.cli import app
+
+ROWS = ("a", "a-sft", "a-sft-oneshot", "b", "c-sync", "c-async", "c-ahead", "a-B", "d", "e", "e+c")
+
+
+@pytest.mark.slow
+def test_reduced_experiment_writes_every_artefact(tmp_path):
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(app, ["experiment", "shapes", "--reduced", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name in ("results.md", "results.csv", "summary.json", "rewards.png", "curves.png",
+                 "strip_before.png", "strip_after.png"):
+        assert (out / name).stat().st_size > 0, name
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["rows"]) == set(ROWS)
+    for row in ROWS:
+        assert {"shapes", "shapes_fidelity"} <= set(summary["rows"][row]), row
+        assert 0.0 <= summary["rows"][row]["shapes"]["mean"] <= 1.0
+    assert set(summary["training_costs"]) == {"b", "c-sync", "e"}
+    assert summary["training_costs"]["c-sync"]["policy_tokens"] > 0
+    assert summary["training_costs"]["e"]["policy_tokens"] == 0
+    # the curve of (b) and (c): held-out reward and fidelity at step 0 and after training
+    for prefix in ("grpo-oneshot", "grpo-stepwise"):
+        points = summary["curves"][prefix]["0"]
+        assert [p["step"] for p in points] == [0, 1]
+        assert all(p["fidelity"] is not None for p in points)
+    table = (out / "results.md").read_text()
+    for row in ROWS:
+        assert LABELS[row] in table
+    with (out / "results.csv").open() as fh:
+        assert {r["row"] for r in csv.DictReader(fh)} == set(ROWS)
+
+    # a second run trains nothing and recomputes no cell
+    before = {p: p.stat().st_mtime for p in (out / "eval" / "cells").iterdir()}
+    again = CliRunner().invoke(app, ["experiment", "shapes", "--reduced", "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert "training" not in again.output.split("evaluating")[0].replace("training 3 runs", "")
+    assert {p: p.stat().st_mtime for p in (out / "eval" / "cells").iterdir()} == before
