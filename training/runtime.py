@@ -163,6 +163,23 @@ class Runtime:
         with (self.output_dir / "metrics.jsonl").open("a") as fh:
             fh.write(json.dumps({"step": step, **{k: float(v) for k, v in metrics.items()}}) + "\n")
 
+    def log_fingerprint(self, model: Any, step: int) -> str:
+        """Append ``{"step", "sha256"}`` of ``model``'s trainable weights to
+        ``output_dir/fingerprints-{rank}.jsonl`` (every process: equal hashes mean the processes
+        hold the same adapter). Returns the hash."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for name, param in sorted(self.accelerator.unwrap_model(model).named_parameters()):
+            if param.requires_grad:
+                digest.update(name.encode())
+                digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
+        path = self.output_dir / f"fingerprints-{self.process_index}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            fh.write(json.dumps({"step": step, "sha256": digest.hexdigest()}) + "\n")
+        return digest.hexdigest()
+
     def log_image(self, tag: str, image, step: int) -> None:
         writer = self.writer
         if writer is not None:

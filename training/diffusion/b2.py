@@ -109,6 +109,20 @@ class B2Trainer(DDPOTrainer):
     def load_state(self, state: dict[str, Any]) -> None:
         self.history.load_state_dict(state.get("history", {}))
 
+    def pad_selection(self, keep: np.ndarray) -> np.ndarray:
+        """``keep`` padded to the largest kept count over processes (index 0 repeated; the trainer
+        gives those rows advantage 0, so they add no gradient).
+
+        Selection keeps a different number of samples on each process, but DDP's gradient
+        all-reduce needs every process to run the same number of backward passes and optimiser
+        steps: without this, processes deadlock or drift apart. One process: ``keep`` as it is.
+        """
+        if self.runtime.num_processes == 1:
+            return keep
+        count = torch.tensor([len(keep)], dtype=torch.int64, device=self.runtime.device)
+        most = int(self.runtime.accelerator.gather(count).max())
+        return np.concatenate([keep, np.zeros(most - len(keep), dtype=np.int64)])
+
     def epoch(self, epoch: int) -> dict[str, float]:
         """One stage: branch-sample, select, train the steps from the branch point on."""
         c = self.config
@@ -119,11 +133,13 @@ class B2Trainer(DDPOTrainer):
         z = self.advantages(traj.prompts, rewards)
         keep = select_branches(z, c.num_branches, c.pos_threshold, c.neg_threshold)
         metrics: dict[str, float] = {}
-        if len(keep):
-            zk = torch.as_tensor(z[keep], dtype=torch.float32)
+        rows = self.pad_selection(keep)
+        if len(rows):
+            zk = torch.as_tensor(z[rows], dtype=torch.float32)
             weights = torch.where(zk > 0, torch.tensor(c.pos_weight), torch.tensor(c.neg_weight))
             adv = zk.clamp(-c.adv_clip_max, c.adv_clip_max) * weights
-            metrics = self.update(traj.select(keep), adv, start=start)
+            adv[len(keep):] = 0.0  # padding rows: no gradient
+            metrics = self.update(traj.select(rows), adv, start=start)
         t2 = time.perf_counter()
         metrics.update(self.runtime.mean_across_processes({"reward_mean": float(rewards.mean()),
                                                            "reward_std": float(rewards.std())}))

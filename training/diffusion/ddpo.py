@@ -298,6 +298,8 @@ class DDPOTrainer:
                     metrics["eval/reward_mean"] = self.evaluate()
                 if self.step % max(1, c.logging_steps) == 0:
                     rt.log(metrics, self.step)
+                if c.log_fingerprints:
+                    rt.log_fingerprint(self.model, self.step)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics.get('train/reward_mean', float('nan')):.3f}")
                 if c.save_steps and self.step % c.save_steps == 0 and self.step < c.max_steps:
