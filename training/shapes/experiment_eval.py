@@ -47,7 +47,8 @@ def eval_settings(settings: ExperimentSettings):
     return EvalSettings(prompts=f"shapes-heldout:{settings.eval_prompts}", seeds=list(settings.eval_seeds),
                         rewards=list(REWARDS), metrics=attribute_metrics(), num_inference_steps=20,
                         guidance_scale=4.0, height=64, width=64, preview="vae", preview_size=112,
-                        num_strips=settings.num_strips, max_new_tokens=64, device="cpu", dtype="float32")
+                        num_strips=settings.num_strips, max_new_tokens=64, device=settings.device,
+                        dtype="float32" if settings.device == "cpu" else None)
 
 
 def run_evaluation(settings: ExperimentSettings, jobs: Sequence[TrainingJob], out: Path, *, echo=print):
