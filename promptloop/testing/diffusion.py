@@ -211,14 +211,20 @@ def tiny_sdxl_pipeline(seed: int = 0) -> StableDiffusionXLPipeline:
         projection_class_embeddings_input_dim=6 * addition_time_embed_dim
         + text["text_encoder_2"].config.projection_dim,
     )
-    scheduler = EulerDiscreteScheduler(
+    # SDXL base's scheduler_config.json also carries clip_sample/set_alpha_to_one (false): Euler
+    # ignores them, a DDIM/DDPM scheduler built with from_config (as the DDPO trainers do) uses them.
+    scheduler = EulerDiscreteScheduler.from_config(dict(
         **_SD_BETAS,
         steps_offset=1,
         prediction_type="epsilon",
         timestep_spacing="leading",
         interpolation_type="linear",
         use_karras_sigmas=False,
-    )
+        clip_sample=False,
+        set_alpha_to_one=False,
+        sample_max_value=1.0,
+        skip_prk_steps=True,
+    ))
     return _finish(
         StableDiffusionXLPipeline(
             vae=_vae(4, 0.13025, force_upcast=False),

@@ -133,7 +133,8 @@ class DDPOTrainer:
     def sample(self, prompts: Sequence[str], seeds: Sequence[int], **kwargs: Any) -> Trajectories:
         """Trajectories of ``prompts`` under the current adapter (one seed per prompt)."""
         c = self.config
-        cond = encode_prompts(self.pipe, prompts, cfg=c.cfg, negative_prompt=c.negative_prompt)
+        cond = encode_prompts(self.pipe, prompts, cfg=c.cfg, negative_prompt=c.negative_prompt, height=c.height,
+                              width=c.width)
         was_training = self.pipe.unet.training
         self.pipe.unet.eval()
         try:

@@ -15,8 +15,8 @@ prefix is computed once and continued by several branches.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import torch
@@ -26,53 +26,120 @@ from promptloop.capture import SchedulerCapture
 from promptloop.training.diffusion.ddim_logprob import DDIMLogProbStep
 
 
+Tensors = dict[str, torch.Tensor]
+
+
 @dataclass
 class Conditioning:
     """Text conditioning of a batch: the prompt embeddings and, with classifier-free guidance,
-    the negative (unconditional) ones. ``negative_prompt_embeds is None`` means no CFG."""
+    the negative (unconditional) ones. ``negative_prompt_embeds is None`` means no CFG.
+
+    SDXL's UNet also takes ``added_cond_kwargs`` (``text_embeds``: the pooled embeddings,
+    ``time_ids``: the size/crop conditioning), one row per sample like the embeddings, with their
+    negative counterpart under CFG; both are ``None`` for SD 1.x/2.x.
+    """
 
     prompt_embeds: torch.Tensor
     negative_prompt_embeds: torch.Tensor | None = None
+    added_cond_kwargs: Tensors | None = None
+    negative_added_cond_kwargs: Tensors | None = None
 
     @property
     def cfg(self) -> bool:
         return self.negative_prompt_embeds is not None
 
+    def _map(self, fn: Callable[[torch.Tensor], torch.Tensor]) -> Conditioning:
+        """The same conditioning with ``fn`` applied to every tensor (each has the batch first)."""
+
+        def each(x: Any) -> Any:
+            if x is None:
+                return None
+            return {k: fn(v) for k, v in x.items()} if isinstance(x, dict) else fn(x)
+
+        return Conditioning(*(each(getattr(self, f.name)) for f in fields(self)))
+
     def select(self, index: torch.Tensor | slice | Sequence[int]) -> Conditioning:
-        neg = self.negative_prompt_embeds
-        return Conditioning(self.prompt_embeds[index], None if neg is None else neg[index])
+        return self._map(lambda x: x[index])
 
     def repeat_interleave(self, k: int) -> Conditioning:
-        neg = self.negative_prompt_embeds
-        return Conditioning(self.prompt_embeds.repeat_interleave(k, 0),
-                            None if neg is None else neg.repeat_interleave(k, 0))
+        return self._map(lambda x: x.repeat_interleave(k, 0))
 
     def to(self, device: torch.device | str) -> Conditioning:
-        neg = self.negative_prompt_embeds
-        return Conditioning(self.prompt_embeds.to(device), None if neg is None else neg.to(device))
+        return self._map(lambda x: x.to(device))
+
+    @staticmethod
+    def cat(parts: Sequence[Conditioning]) -> Conditioning:
+        """Concatenate batches along the sample axis."""
+        first = parts[0]
+
+        def joined(name: str) -> Any:
+            values = [getattr(p, name) for p in parts]
+            if values[0] is None:
+                return None
+            if isinstance(values[0], dict):
+                return {k: torch.cat([v[k] for v in values]) for k in values[0]}
+            return torch.cat(values)
+
+        return Conditioning(*(joined(f.name) for f in fields(first)))
+
+
+def _is_sdxl(pipe: Any) -> bool:
+    """An SDXL-style pipeline: its UNet takes pooled text embeddings and size/crop time ids."""
+    unet = getattr(pipe, "unet", None)
+    return unet is not None and unet.config.get("addition_embed_type") == "text_time"
 
 
 @torch.no_grad()
-def encode_prompts(pipe: Any, prompts: Sequence[str], *, cfg: bool, negative_prompt: str = "") -> Conditioning:
-    """Encode ``prompts`` with the pipeline's own ``encode_prompt`` (Stable Diffusion 1.x/2.x
-    family: a UNet with cross-attention on one text encoder)."""
+def encode_prompts(pipe: Any, prompts: Sequence[str], *, cfg: bool, negative_prompt: str = "",
+                   height: int | None = None, width: int | None = None) -> Conditioning:
+    """Encode ``prompts`` with the pipeline's own ``encode_prompt``.
+
+    Stable Diffusion 1.x/2.x (a UNet with cross-attention on one text encoder) gives the
+    embeddings alone. SDXL also gives the pooled embeddings and the time ids that
+    ``StableDiffusionXLPipeline.__call__`` builds with its defaults (original and target size
+    ``(height, width)``, crop ``(0, 0)``; ``height``/``width`` default to the pipeline's). For
+    SDXL an empty ``negative_prompt`` means the pipeline's own default unconditional input
+    (zeros when ``force_zeros_for_empty_prompt``), as ``pipe(prompt)`` does.
+    """
     device = pipe._execution_device
-    embeds, negative = pipe.encode_prompt(list(prompts), device, 1, cfg,
-                                          negative_prompt=[negative_prompt] * len(prompts) if cfg else None)
-    return Conditioning(embeds, negative if cfg else None)
+    n = len(prompts)
+    if not _is_sdxl(pipe):
+        embeds, negative = pipe.encode_prompt(list(prompts), device, 1, cfg,
+                                              negative_prompt=[negative_prompt] * n if cfg else None)
+        return Conditioning(embeds, negative if cfg else None)
+    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
+        list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
+        negative_prompt=[negative_prompt] * n if cfg and negative_prompt else None)
+    size = pipe.default_sample_size * pipe.vae_scale_factor
+    size = (height or size, width or size)
+    encoder_2 = getattr(pipe, "text_encoder_2", None)
+    projection_dim = int(pooled.shape[-1]) if encoder_2 is None else encoder_2.config.projection_dim
+    time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=embeds.dtype,
+                                      text_encoder_projection_dim=projection_dim).to(device).repeat(n, 1)
+    added = {"text_embeds": pooled, "time_ids": time_ids}
+    if not cfg:
+        return Conditioning(embeds, None, added)
+    return Conditioning(embeds, negative, added, {"text_embeds": negative_pooled, "time_ids": time_ids.clone()})
 
 
 def predict_noise(unet: Any, latents: torch.Tensor, timesteps: torch.Tensor | int, cond: Conditioning,
                   guidance_scale: float) -> torch.Tensor:
     """The denoiser's output as sampling uses it: with CFG both the unconditional and the
-    conditional pass are computed (in one batch) and combined with ``guidance_scale``."""
+    conditional pass are computed (in one batch) and combined with ``guidance_scale``. SDXL's
+    ``added_cond_kwargs`` go with the embeddings (negative then positive under CFG)."""
     t = torch.as_tensor(timesteps, device=latents.device)
     if t.ndim == 0:
         t = t.expand(latents.shape[0])
+    extra: dict[str, Any] = {}
     if not cond.cfg:
-        return unet(latents, t, encoder_hidden_states=cond.prompt_embeds).sample
+        if cond.added_cond_kwargs is not None:
+            extra["added_cond_kwargs"] = cond.added_cond_kwargs
+        return unet(latents, t, encoder_hidden_states=cond.prompt_embeds, **extra).sample
+    if cond.added_cond_kwargs is not None:
+        neg = cond.negative_added_cond_kwargs or {}
+        extra["added_cond_kwargs"] = {k: torch.cat([neg[k], v]) for k, v in cond.added_cond_kwargs.items()}
     out = unet(torch.cat([latents, latents]), torch.cat([t, t]),
-               encoder_hidden_states=torch.cat([cond.negative_prompt_embeds, cond.prompt_embeds])).sample
+               encoder_hidden_states=torch.cat([cond.negative_prompt_embeds, cond.prompt_embeds]), **extra).sample
     uncond, text = out.chunk(2)
     return uncond + guidance_scale * (text - uncond)
 
@@ -226,11 +293,9 @@ def cat_trajectories(parts: Sequence[Trajectories]) -> Trajectories:
         g = p.group if p.group is not None else torch.arange(len(p))
         groups.append(g + offset)
         offset += int(g.max()) + 1 if len(g) else 0
-    neg = [p.cond.negative_prompt_embeds for p in parts]
     return Trajectories(
         prompts=[x for p in parts for x in p.prompts],
-        cond=Conditioning(torch.cat([p.cond.prompt_embeds for p in parts]),
-                          None if neg[0] is None else torch.cat(neg)),
+        cond=Conditioning.cat([p.cond for p in parts]),
         timesteps=torch.cat([p.timesteps for p in parts]),
         latents=torch.cat([p.latents for p in parts]),
         log_probs=torch.cat([p.log_probs for p in parts]),
