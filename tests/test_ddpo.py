@@ -67,8 +67,8 @@ def test_configs_validate_and_presets_load():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1] / "training" / "configs"
-    for name, cls in [("ddpo_tiny", DDPOConfig), ("ddpo_sd15", DDPOConfig), ("b2_tiny", B2Config),
-                      ("b2_sd15", B2Config)]:
+    for name, cls in [("ddpo_tiny", DDPOConfig), ("ddpo_sd15", DDPOConfig), ("ddpo_sdxl", DDPOConfig),
+                      ("b2_tiny", B2Config), ("b2_sd15", B2Config)]:
         load_config(cls, root / f"{name}.yaml")
 
 

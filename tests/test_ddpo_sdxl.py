@@ -80,3 +80,14 @@ def test_one_ddpo_epoch_on_sdxl_writes_an_adapter_a_plain_pipeline_loads(tmp_pat
     trainer.pipe.scheduler = tuned.scheduler
     again = trainer.pipe(PROMPTS, generator=torch.Generator().manual_seed(0), **kwargs).images
     np.testing.assert_allclose(again, tuned_images, atol=1e-5)
+
+
+def test_flow_matching_backbones_are_refused_clearly(tmp_path):
+    from promptloop.training.config import load_config
+    from promptloop.training.diffusion.config import DDPOConfig
+    from promptloop.training.diffusion.ddpo import DDPOTrainer
+
+    cfg = load_config(DDPOConfig, None, [f"output_dir={tmp_path}", "backbone=tiny:sd3", "device=cpu",
+                                         "report_to=tensorboard", "progress=false", "eval_steps=0"])
+    with pytest.raises(NotImplementedError, match="SD3, FLUX"):
+        DDPOTrainer(cfg)

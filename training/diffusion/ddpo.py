@@ -99,6 +99,9 @@ class DDPOTrainer:
         device = self.runtime.device
         if pipe is None:
             pipe = load_backbone(config.backbone, device=device, dtype=config.dtype)
+        if getattr(pipe, "unet", None) is None:
+            raise NotImplementedError(f"{type(pipe).__name__}: DDPO/B2 tune UNet backbones sampled by DDIM (SD 1.x/2.x, "
+                                      "SDXL); flow-matching transformers (SD3, FLUX) are not supported (docs/ddpo.md)")
         pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
