@@ -170,7 +170,9 @@ def _fmt_delta(d: dict) -> str:
 
 def _write_markdown(path: Path, settings, groups, lookup, deltas, comparisons, costs, inference) -> None:
     order = [n for n in LABELS if n in groups]
-    head = ["row", "reward", "Δ vs baseline", *(a.removeprefix("shapes_") for a in ATTRIBUTES),
+    # attributes no held-out prompt constrains (e.g. size: user prompts never state it) are left out
+    attributes = [a for a in ATTRIBUTES if any((n, a) in lookup for n in order)]
+    head = ["row", "reward", "Δ vs baseline", *(a.removeprefix("shapes_") for a in attributes),
             "fidelity (held out)", "n"]
     lines = ["# ShapesWorld alignment experiment", "",
              (f"Held-out prompts: {settings.eval_prompts}; sampling seeds: {settings.eval_seeds}; training seeds: "
@@ -182,7 +184,7 @@ def _write_markdown(path: Path, settings, groups, lookup, deltas, comparisons, c
     for name in order:
         n = lookup[(name, "shapes")].n_seeds if (name, "shapes") in lookup else 0
         cells = [_fmt(lookup.get((name, "shapes"))), _fmt_delta(deltas.get(name, {})),
-                 *[_fmt(lookup.get((name, a))) for a in ATTRIBUTES], _fmt(lookup.get((name, "shapes_fidelity"))), str(n)]
+                 *[_fmt(lookup.get((name, a))) for a in attributes], _fmt(lookup.get((name, "shapes_fidelity"))), str(n)]
         lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
     lines += ["", "## Head to head (paired, same prompts and noise)", "", "| comparison | Δ reward | units | image pairs |",
               "| --- | ---: | ---: | ---: |"]
@@ -194,7 +196,9 @@ def _write_markdown(path: Path, settings, groups, lookup, deltas, comparisons, c
     for row, c in costs.items():
         lines.append(f"| {LABELS[row]} | {c['images']:.0f} | {c['denoising_steps']:.0f} | {c['policy_tokens']:.0f} | "
                      f"{c['cpu_s']:.0f} | {c['wall_s']:.0f} | {c['gain_vs_a']:+.3f} | {c['gain_per_1000_images']:+.4f} |")
-    lines += ["", "## Inference cost per image (evaluation)", "", "| row | policy tokens / image | seconds / image |",
+    lines += ["", "## Inference cost per image (evaluation)", "",
+              "Seconds are wall time on the machine as it was loaded at the time (indicative only).", "",
+              "| row | policy tokens / image | seconds / image |",
               "| --- | ---: | ---: |"]
     for name in order:
         c = inference[name]
