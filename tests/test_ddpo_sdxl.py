@@ -91,3 +91,22 @@ def test_flow_matching_backbones_are_refused_clearly(tmp_path):
                                          "report_to=tensorboard", "progress=false", "eval_steps=0"])
     with pytest.raises(NotImplementedError, match="SD3, FLUX"):
         DDPOTrainer(cfg)
+
+
+def test_b2_branches_carry_the_sdxl_conditioning(tiny_sdxl):
+    """B² branching repeats the pooled embeddings and time ids with the prompt embeddings: the
+    branches share their prefix bit for bit, and rescoring after the branch point (each sibling
+    with its own copy of the conditioning) gives back the recorded log-probs."""
+    pipe = tiny_sdxl
+    cond = encode_prompts(pipe, PROMPTS, cfg=True, height=64, width=64)
+    traj = sample_trajectories(pipe, PROMPTS, cond, num_steps=3, guidance_scale=5.0, eta=1.0, seeds=[1, 2],
+                               height=64, width=64, branches=2, branch_index=1, branch_seeds=[5, 6, 7, 8],
+                               decode=False)
+    assert traj.cond.added_cond_kwargs["text_embeds"].shape[0] == 4
+    assert torch.equal(traj.latents[0, :2], traj.latents[1, :2]) and not torch.equal(traj.latents[0, 2:],
+                                                                                      traj.latents[1, 2:])
+    with torch.no_grad():
+        noise = predict_noise(pipe.unet, traj.latents[:, 1], traj.timesteps[:, 1], traj.cond, 5.0)
+    out = ddim_step_with_logprob(pipe.scheduler, noise, traj.timesteps[:, 1], traj.latents[:, 1], eta=1.0,
+                                 prev_sample=traj.latents[:, 2])
+    torch.testing.assert_close(out.log_prob, traj.log_probs[:, 1], rtol=1e-4, atol=1e-4)
