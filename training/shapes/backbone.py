@@ -59,27 +59,29 @@ def _save(obj, path: Path) -> None:
     tmp.replace(path)
 
 
-def train_vae(args, vae, work: Path) -> None:
-    ckpt = work / "vae.pt"
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.vae_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, args.vae_steps) / args.vae_steps)))
+def _train_reconstruction(args, vae, params, lr: float, sched_fn, *, ckpt: Path, total: int, desc: str,
+                          rng_base: int, gen_base: int, loss_fn, before_loop=None) -> None:
+    """The shared resumable loop of the VAE stages: AdamW on ``params`` at ``lr`` with the LR multiplier
+    ``sched_fn(step)``, batches of fresh training renders, ``loss_fn(x, generator)``, tqdm and a
+    checkpoint every ``--ckpt-minutes`` (and at the end). ``rng_base`` / ``gen_base`` seed the
+    scene draws and the sampling noise (offset by the step, so a resumed run goes on as one)."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, sched_fn)
     step = 0
     if ckpt.exists():
         state = torch.load(ckpt, weights_only=False)
         vae.load_state_dict(state["vae"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
         step = state["step"]
-    rng = random.Random(args.seed * 7919 + step)
-    gen = torch.Generator().manual_seed(args.seed * 31 + step)
+    rng = random.Random(rng_base + step)
+    gen = torch.Generator().manual_seed(gen_base + step)
+    if before_loop is not None:
+        before_loop()
     last = time.time()
-    bar = tqdm(total=args.vae_steps, initial=step, desc="vae", dynamic_ncols=True)
-    vae.train()
-    while step < args.vae_steps:
+    bar = tqdm(total=total, initial=step, desc=desc, dynamic_ncols=True)
+    while step < total:
         x = _to_tensor([render_scene(sample_scene(_scene_seed(args, rng.randrange(args.num_scenes * 4))))
                         for _ in range(args.vae_batch)])
-        posterior = vae.encode(x).latent_dist
-        recon = vae.decode(posterior.sample(generator=gen)).sample
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        loss = loss_fn(x, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -87,51 +89,47 @@ def train_vae(args, vae, work: Path) -> None:
         step += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if time.time() - last > args.ckpt_minutes * 60 or step == args.vae_steps:
+        if time.time() - last > args.ckpt_minutes * 60 or step == total:
             _save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, ckpt)
             last = time.time()
     bar.close()
+
+
+def train_vae(args, vae, work: Path) -> None:
+    def loss_fn(x, gen):
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample(generator=gen)).sample
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+
+    n = args.vae_steps
+    _train_reconstruction(args, vae, vae.parameters(), args.vae_lr,
+                          lambda s: min(1.0, (s + 1) / 50) * 0.5 * (1 + math.cos(math.pi * min(s, n) / n)),
+                          ckpt=work / "vae.pt", total=n, desc="vae", rng_base=args.seed * 7919,
+                          gen_base=args.seed * 31, loss_fn=loss_fn, before_loop=vae.train)
 
 
 def finetune_decoder(args, vae, work: Path) -> None:
     """Train the decoder alone (encoder frozen, so latents and UNets trained on them stay valid)."""
-    ckpt = work / "decoder.pt"
     decoder_params = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
-    opt = torch.optim.AdamW(decoder_params, lr=args.decoder_lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, args.decoder_steps) / args.decoder_steps)))
-    step = 0
-    if ckpt.exists():
-        state = torch.load(ckpt, weights_only=False)
-        vae.load_state_dict(state["vae"]), opt.load_state_dict(state["opt"]), sched.load_state_dict(state["sched"])
-        step = state["step"]
-    rng = random.Random(args.seed * 15485863 + step)
-    gen = torch.Generator().manual_seed(args.seed * 37 + step)
-    vae.requires_grad_(False)
-    for q in decoder_params:
-        q.requires_grad_(True)
-    vae.eval()
-    vae.decoder.train()
-    last = time.time()
-    bar = tqdm(total=args.decoder_steps, initial=step, desc="decoder", dynamic_ncols=True)
-    while step < args.decoder_steps:
-        x = _to_tensor([render_scene(sample_scene(_scene_seed(args, rng.randrange(args.num_scenes * 4))))
-                        for _ in range(args.vae_batch)])
+
+    def freeze_encoder():
+        vae.requires_grad_(False)
+        for q in decoder_params:
+            q.requires_grad_(True)
+        vae.eval()
+        vae.decoder.train()
+
+    def loss_fn(x, gen):
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=gen)
         recon = vae.decode(z).sample
-        loss = F.l1_loss(recon, x) + F.mse_loss(recon, x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        step += 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{loss.item():.4f}")
-        if time.time() - last > args.ckpt_minutes * 60 or step == args.decoder_steps:
-            _save({"vae": vae.state_dict(), "opt": opt.state_dict(), "sched": sched.state_dict(), "step": step}, ckpt)
-            last = time.time()
-    bar.close()
+        return F.l1_loss(recon, x) + F.mse_loss(recon, x)
+
+    n = args.decoder_steps
+    _train_reconstruction(args, vae, decoder_params, args.decoder_lr,
+                          lambda s: 0.5 * (1 + math.cos(math.pi * min(s, n) / n)),
+                          ckpt=work / "decoder.pt", total=n, desc="decoder", rng_base=args.seed * 15485863,
+                          gen_base=args.seed * 37, loss_fn=loss_fn, before_loop=freeze_encoder)
     vae.requires_grad_(False)
 
 
