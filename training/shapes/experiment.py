@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
+import typer
+
 ASSETS = Path(__file__).resolve().parents[2] / "promptloop" / "assets" / "shapesworld"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -102,6 +104,15 @@ class TrainingJob:
     def done(self) -> bool:
         return self.costs_file.exists() and self.adapter.exists()
 
+    def metrics(self) -> dict[int, dict[str, float]]:
+        """The run's logged rows by step (a resumed run re-logs some steps: the last one counts)."""
+        rows: dict[int, dict[str, float]] = {}
+        for line in (self.out / "metrics.jsonl").read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                rows.setdefault(row["step"], {}).update(row)
+        return rows
+
     def command(self) -> list[str]:
         config = CONFIGS / f"{self.kind}_shapes.yaml"
         cmd = [sys.executable, "-m", "promptloop.cli", "train", self.kind, "--config", str(config)]
@@ -154,7 +165,7 @@ def run_trainings(jobs: Sequence[TrainingJob], *, parallel: int = 2, echo=print)
         code = os.waitstatus_to_exitcode(status)
         proc.returncode = code
         if code != 0:
-            for other, p, _, lg in running.values():
+            for _, p, _, lg in running.values():
                 p.terminate()
                 lg.close()
             raise RuntimeError(f"training {job.name} failed (exit {code}); see {job.out.parent / (job.name + '.log')}")
@@ -168,8 +179,7 @@ def _record_costs(job: TrainingJob, *, cpu_s: float, wall_s: float) -> None:
     import yaml
 
     config = yaml.safe_load((job.out / "config.yaml").read_text())
-    rows = [json.loads(line) for line in (job.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train_rows = {r["step"]: r for r in rows if any(k.startswith("train/") for k in r)}
+    train_rows = {step: r for step, r in job.metrics().items() if any(k.startswith("train/") for k in r)}
     steps = len(train_rows)
     if job.kind == "grpo":
         images = steps * config["per_device_prompts"] * config["num_generations"]
@@ -186,17 +196,11 @@ def _record_costs(job: TrainingJob, *, cpu_s: float, wall_s: float) -> None:
 
 def curves(job: TrainingJob) -> list[dict[str, float]]:
     """The training-time evaluations of a run: step, held-out reward, held-out fidelity."""
-    rows = [json.loads(line) for line in (job.out / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    by_step = {}
-    for r in rows:
-        if "eval/reward" in r:
-            by_step[r["step"]] = {"step": r["step"], "reward": r["eval/reward"],
-                                  "fidelity": r.get("eval/metric/shapes_fidelity")}
-    return [by_step[k] for k in sorted(by_step)]
+    return [{"step": step, "reward": r["eval/reward"], "fidelity": r.get("eval/metric/shapes_fidelity")}
+            for step, r in sorted(job.metrics().items()) if "eval/reward" in r]
 
 
 # -- command ------------------------------------------------------------------------------------
-import typer
 
 app = typer.Typer(name="experiment", help="Experiments that train and evaluate end to end.",
                   no_args_is_help=True, add_completion=False)
@@ -230,12 +234,13 @@ def shapes(
     if stage in ("train", "all"):
         typer.echo(f"training {len(jobs)} runs, {settings.parallel} at a time ...")
         run_trainings(jobs, parallel=settings.parallel, echo=typer.echo)
+    report = None
     if stage in ("eval", "all"):
         from promptloop.training.shapes.experiment_eval import run_evaluation
 
-        run_evaluation(settings, jobs, out, echo=typer.echo)
+        report = run_evaluation(settings, jobs, out, echo=typer.echo)
     if stage in ("report", "all"):
         from promptloop.training.shapes.experiment_report import write_report
 
-        write_report(settings, jobs, out, echo=typer.echo)
+        write_report(settings, jobs, out, report=report, echo=typer.echo)
     typer.echo(f"done in {time.perf_counter() - start:.0f} s; see {out / 'results.md'}")

@@ -4,6 +4,7 @@ and the before/after trace strips."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import shutil
@@ -83,12 +84,16 @@ def _ref_rows(groups: dict[str, list[str]], rows: list[str], ref: str) -> list[s
     return [by_seed[r.split(".seed")[-1]] for r in rows]
 
 
-def write_report(settings: ExperimentSettings, jobs: Sequence[TrainingJob], out: Path, *, echo=print) -> dict:
+def write_report(settings: ExperimentSettings, jobs: Sequence[TrainingJob], out: Path, *, report=None,
+                 echo=print) -> dict:
     """Write ``results.md``, ``results.csv``, ``summary.json``, ``rewards.png``, ``curves.png`` and
-    ``strip_before.png`` / ``strip_after.png`` under ``out``; return the summary."""
+    ``strip_before.png`` / ``strip_after.png`` under ``out`` from the evaluation ``report`` (by
+    default: the saved cells, evaluating what is missing); return the summary."""
+    from promptloop.evaluation import costs as cell_costs
     from promptloop.evaluation import plot_rewards, summarize
 
-    report = run_evaluation(settings, jobs, out, echo=echo)
+    if report is None:
+        report = run_evaluation(settings, jobs, out, echo=echo)
     cells = report.cells
     cells_by_row: dict[str, dict[int, object]] = {}
     for cell in cells:
@@ -122,17 +127,14 @@ def write_report(settings: ExperimentSettings, jobs: Sequence[TrainingJob], out:
         mean_costs["gain_vs_a"] = gain
         mean_costs["gain_per_1000_images"] = gain / mean_costs["images"] * 1000 if mean_costs["images"] else math.nan
         costs[row] = mean_costs
-    inference = {}
-    for name, rows in groups.items():
-        members = [c for c in cells if group_of(c.row) == name]
-        images = sum(c.costs.get("images", 0) for c in members) or 1
-        inference[name] = {"policy_tokens_per_image": sum(c.costs.get("policy_tokens", 0) for c in members) / images,
-                           "seconds_per_image": sum(c.costs.get("wall_s", 0) for c in members) / images}
+    inference = {name: {"policy_tokens_per_image": total["policy_tokens"] / (total["images"] or 1),
+                        "seconds_per_image": total["wall_s"] / (total["images"] or 1)}
+                 for name, total in cell_costs(cells, group_of).items()}
 
     curve_data = {prefix: {j.seed: curves(j) for j in jobs if j.name.startswith(prefix + "-seed") and
                            (j.out / "metrics.jsonl").exists()}
                   for prefix in ("grpo-oneshot", "grpo-stepwise")}
-    summary = {"settings": {k: v for k, v in vars(settings).items()},
+    summary = {"settings": dataclasses.asdict(settings),
                "rows": {name: {s: {"mean": lookup[(name, s)].mean, "ci_low": lookup[(name, s)].ci_low,
                                    "ci_high": lookup[(name, s)].ci_high, "n": lookup[(name, s)].n_seeds,
                                    "images": lookup[(name, s)].n_images}
@@ -156,8 +158,7 @@ def write_report(settings: ExperimentSettings, jobs: Sequence[TrainingJob], out:
 def _fmt(s) -> str:
     if s is None:
         return "–"
-    hw = (s.ci_high - s.ci_low) / 2
-    return f"{s.mean:.3f}" if math.isnan(hw) else f"{s.mean:.3f} ± {hw:.3f}"
+    return f"{s.mean:.3f}" if math.isnan(s.half_width) else f"{s.mean:.3f} ± {s.half_width:.3f}"
 
 
 def _fmt_delta(d: dict) -> str:
