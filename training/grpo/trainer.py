@@ -294,20 +294,6 @@ class GRPOTrainer:
         self.step = int(state["step"])
         self._sync_rollout_adapter()
 
-    def _log_fingerprint(self) -> None:
-        import hashlib
-        import json
-
-        digest = hashlib.sha256()
-        for name, param in sorted(self.unwrapped.named_parameters()):
-            if param.requires_grad:
-                digest.update(name.encode())
-                digest.update(param.detach().cpu().contiguous().numpy().tobytes())
-        path = self.runtime.output_dir / f"fingerprints-{self.runtime.process_index}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a") as fh:
-            fh.write(json.dumps({"step": self.step, "sha256": digest.hexdigest()}) + "\n")
-
     def save_adapter(self, path: str | Path | None = None) -> Path:
         """Write the peft adapter (``adapter_config.json`` + ``adapter_model.safetensors``)."""
         path = Path(path or self.runtime.output_dir / "adapter")
@@ -335,7 +321,7 @@ class GRPOTrainer:
                 if c.logging_steps and self.step % c.logging_steps == 0:
                     self.runtime.log(metrics, self.step)
                 if c.log_fingerprints:
-                    self._log_fingerprint()
+                    self.runtime.log_fingerprint(self.unwrapped, self.step)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics['reward/mean']:.3f}", kl=f"{metrics.get('train/kl', 0.0):.4f}",
                                 fallback=f"{metrics['train/fallback_rate']:.2f}")
