@@ -38,7 +38,7 @@ from tqdm import tqdm
 from promptloop.worlds.shapes.backbone import assemble_pipeline, build_components
 from promptloop.worlds.shapes.grammar import random_caption
 from promptloop.worlds.shapes.render import render_scene
-from promptloop.worlds.shapes.scene import sample_scene
+from promptloop.worlds.shapes.scene import BACKGROUND, sample_scene
 
 #: Training scenes of backbone seed s are drawn from seeds TRAIN_SEED_BASE * (s + 1) + i.
 TRAIN_SEED_BASE = 1_000_000
@@ -95,11 +95,27 @@ def _train_reconstruction(args, vae, params, lr: float, sched_fn, *, ckpt: Path,
     bar.close()
 
 
+def _pixel_weights(x: torch.Tensor, fg_weight: float) -> torch.Tensor:
+    """1 on the background, ``1 + fg_weight`` on pixels that differ from it (the shapes)."""
+    background = torch.tensor(BACKGROUND, dtype=x.dtype).view(1, 3, 1, 1) / 127.5 - 1.0
+    foreground = ((x - background).abs().amax(dim=1, keepdim=True) > 0.05).to(x.dtype)
+    return 1.0 + fg_weight * foreground
+
+
+def _reconstruction_loss(recon: torch.Tensor, x: torch.Tensor, fg_weight: float) -> torch.Tensor:
+    """L1 + MSE, each pixel weighted by :func:`_pixel_weights` (normalised to mean 1). Shapes cover a
+    small share of a render, so an unweighted loss lets the VAE trade their colour for background."""
+    w = _pixel_weights(x, fg_weight)
+    w = w / w.mean()
+    diff = recon - x
+    return (w * (diff.abs() + diff.square())).mean()
+
+
 def train_vae(args, vae, work: Path) -> None:
     def loss_fn(x, gen):
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample(generator=gen)).sample
-        return F.l1_loss(recon, x) + F.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        return _reconstruction_loss(recon, x, args.vae_fg_weight) + 1e-6 * posterior.kl().mean()
 
     n = args.vae_steps
     _train_reconstruction(args, vae, vae.parameters(), args.vae_lr,
@@ -123,7 +139,7 @@ def finetune_decoder(args, vae, work: Path) -> None:
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample(generator=gen)
         recon = vae.decode(z).sample
-        return F.l1_loss(recon, x) + F.mse_loss(recon, x)
+        return _reconstruction_loss(recon, x, args.vae_fg_weight)
 
     n = args.decoder_steps
     _train_reconstruction(args, vae, decoder_params, args.decoder_lr,
@@ -131,6 +147,21 @@ def finetune_decoder(args, vae, work: Path) -> None:
                           ckpt=work / "decoder.pt", total=n, desc="decoder", rng_base=args.seed * 15485863,
                           gen_base=args.seed * 37, loss_fn=loss_fn, before_loop=freeze_encoder)
     vae.requires_grad_(False)
+
+
+@torch.no_grad()
+def reconstruction_reward(vae, n: int = 64) -> dict[str, float]:
+    """Exact reward of VAE round trips of ``n`` held-out renders against their ``full`` captions: the
+    ceiling the UNet can reach through this VAE (1.0 on the renders themselves)."""
+    from PIL import Image
+
+    from promptloop.worlds.shapes.evaluation import heldout_prompts, summarize
+
+    pairs = heldout_prompts(n, styles=("full",))
+    x = _to_tensor([render_scene(scene) for scene, _ in pairs])
+    recon = vae.decode(vae.encode(x).latent_dist.mean).sample
+    arr = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return summarize([Image.fromarray(a) for a in arr], [prompt for _, prompt in pairs])
 
 
 @torch.no_grad()
@@ -241,9 +272,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--vae-steps", type=int, default=600)
     p.add_argument("--vae-batch", type=int, default=32)
     p.add_argument("--vae-lr", type=float, default=2e-3)
+    p.add_argument("--vae-fg-weight", type=float, default=0.0,
+                   help="extra loss weight on shape pixels (0: plain L1 + MSE, as the first backbones)")
     p.add_argument("--decoder-steps", type=int, default=0,
                    help="then fine-tune the decoder alone (encoder frozen) this many steps")
     p.add_argument("--decoder-lr", type=float, default=1e-3)
+    p.add_argument("--recon-n", type=int, default=64, help="held-out renders the VAE's reconstruction is scored on")
     p.add_argument("--num-scenes", type=int, default=20_000)
     p.add_argument("--unet-steps", type=int, default=6000)
     p.add_argument("--batch", type=int, default=32)
@@ -282,13 +316,20 @@ def main(argv: list[str] | None = None) -> None:
             components["vae"].register_to_config(scaling_factor=1.0 / std)
             components["vae"].save_pretrained(vae_dir)
             (args.work / "vae_info.json").write_text(json.dumps(
-                {"steps": args.vae_steps, "seconds_this_run": round(time.time() - t0, 1),
-                 "scaling_factor": 1.0 / std}) + "\n")
+                {"steps": args.vae_steps, "batch": args.vae_batch, "fg_weight": args.vae_fg_weight,
+                 "seconds_this_run": round(time.time() - t0, 1), "scaling_factor": 1.0 / std,
+                 "reconstruction": reconstruction_reward(components["vae"], args.recon_n)}) + "\n")
     if args.decoder_steps and not args.vae_from:
         done = args.work / "vae-decoder"
         if not (done / "config.json").exists():
+            t0 = time.time()
             finetune_decoder(args, components["vae"], args.work)
             components["vae"].save_pretrained(done)
+            info_path = args.work / "vae_info.json"
+            info = json.loads(info_path.read_text()) if info_path.exists() else {}
+            info.update(decoder_steps=args.decoder_steps, decoder_seconds_this_run=round(time.time() - t0, 1),
+                        reconstruction_after_decoder=reconstruction_reward(components["vae"], args.recon_n))
+            info_path.write_text(json.dumps(info) + "\n")
         from diffusers import AutoencoderKL
 
         components["vae"] = AutoencoderKL.from_pretrained(done)
