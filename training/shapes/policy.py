@@ -60,6 +60,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-n", type=int, default=64)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--eval-only", action="store_true")
+    p.add_argument("--init-from", type=Path, default=None,
+                   help="start from this exported policy's weights (e.g. the shipped one) instead of random")
+    p.add_argument("--describe-share", type=float, default=0.4,
+                   help="share of task (a) examples in a batch; the rest are task (b)")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> None:
     model, processor = build_tiny_qwen2vl(args.seed, text_hidden=args.text_hidden, text_layers=args.text_layers,
                                           vision_dim=args.vision_dim, vision_depth=args.vision_depth,
                                           texts=training_texts())
+    if args.init_from is not None:
+        model.load_state_dict(type(model).from_pretrained(args.init_from, dtype=torch.float32).state_dict())
     params = [q for q in model.parameters() if q.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
     warmup = max(1, args.steps // 20)
@@ -99,7 +105,8 @@ def main(argv: list[str] | None = None) -> None:
         processor.save_pretrained(args.out)
         model.train()
         info = {"seed": args.seed, "steps": step, "seconds": round(seconds, 1), "parameters": n_params,
-                "batch": args.batch, "lr": args.lr, "loss_last": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
+                "batch": args.batch, "lr": args.lr, "describe_share": args.describe_share,
+                "init_from": str(args.init_from) if args.init_from else None, "loss_last": round(sum(losses[-20:]) / max(1, len(losses[-20:])), 4),
                 "command": "python -m promptloop.training.shapes.policy " + " ".join(sys.argv[1:])}
         info_path.write_text(json.dumps(info, indent=2) + "\n")
 
@@ -110,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.time()
         rng = random.Random(args.seed * 1_000_003 + step)
         seeds = [POLICY_SEED_BASE + step * args.batch + i for i in range(args.batch)]
-        inputs, spans = build_answer_batch(processor, *mixed_batch(seeds, rng))
+        inputs, spans = build_answer_batch(processor, *mixed_batch(seeds, rng, describe_share=args.describe_share))
         loss = answer_loss(model, inputs, spans)
         for group in opt.param_groups:
             group["lr"] = lr_at(step)

@@ -179,13 +179,14 @@ def training_texts(n: int = 400) -> list[str]:
     return [caption(sample_scene(POLICY_SEED_BASE - 1 - i), STYLES[i % len(STYLES)]) for i in range(n)]
 
 
-def mixed_batch(seeds: Sequence[int], rng: random.Random) -> tuple[list[list[Message]], list[str]]:
-    """Conversations and targets for a mixed (a)/(b) batch (40% describe)."""
+def mixed_batch(seeds: Sequence[int], rng: random.Random, describe_share: float = 0.4
+                ) -> tuple[list[list[Message]], list[str]]:
+    """Conversations and targets for a mixed (a)/(b) batch (``describe_share`` of (a))."""
     from promptloop.policies.messages import build_messages
 
     conversations, targets = [], []
     for seed in seeds:
-        if rng.random() < 0.4:
+        if rng.random() < describe_share:
             image, target, _ = describe_example(seed, rng)
             conversations.append(describe_messages(image))
         else:
