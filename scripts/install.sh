@@ -7,6 +7,8 @@
 # Works on a machine that starts with bare CPython: it bootstraps `uv` with pip, then lets uv
 # install from PyPI (uv ignores local wheel folders, so we get PyPI's torch + torchvision pair,
 # which transformers needs for Qwen2-VL processors). PROMPTLOOP_VENV overrides the venv path.
+# Bytecode is compiled at install time: test processes then start fast even where
+# PYTHONDONTWRITEBYTECODE is set (each would otherwise recompile torch/diffusers/transformers).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -36,7 +38,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 
 echo "==> installing promptloop (editable) and its dependencies into $VENV"
-"${UV[@]}" pip install --quiet --python "$VENV/bin/python" \
+"${UV[@]}" pip install --quiet --compile-bytecode --python "$VENV/bin/python" \
     --constraint "$ROOT/scripts/constraints.txt" \
     -e "$ROOT[vision,server,train,rewards,eval,dev]"
 

@@ -34,7 +34,7 @@ else
     "$PY" -m pip install --quiet uv
     UV=("$PY" -m uv)
 fi
-uv_install() { "${UV[@]}" pip install --python "$PY" "$@"; }
+uv_install() { "${UV[@]}" pip install --compile-bytecode --python "$PY" "$@"; }
 
 # Fast check (no `import vllm`, which takes ~10 s): the wheel is at the wanted version and every
 # requirement we would install is already satisfied.
