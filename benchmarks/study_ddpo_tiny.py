@@ -17,17 +17,18 @@ import time
 from pathlib import Path
 
 import torch
-
 from promptloop.training.config import load_config
 from promptloop.training.diffusion.b2 import B2Trainer
 from promptloop.training.diffusion.config import B2Config, DDPOConfig
 from promptloop.training.diffusion.ddpo import DDPOTrainer
 
+from promptloop.evaluation.intervals import t_interval
+
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"ddpo": (DDPOConfig, DDPOTrainer, "ddpo_tiny.yaml"), "b2": (B2Config, B2Trainer, "b2_tiny.yaml")}
 
 
-def run(kind: str, seed: int, extra: list[str]) -> dict[str, float]:
+def run(kind: str, seed: int, extra: list[str], eval_seeds: int) -> dict[str, float]:
     cls, trainer_cls, preset = PRESETS[kind]
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(cls, ROOT / "training" / "configs" / preset,
@@ -36,17 +37,21 @@ def run(kind: str, seed: int, extra: list[str]) -> dict[str, float]:
         trainer = trainer_cls(cfg)
         heldout = ["a tiny house on a hill", "a yellow boat on a lake", "an owl in the moonlight",
                    "a bowl of ramen", "a snowy mountain village"]
-        base = trainer.evaluate(heldout, num_seeds=2)
-        times, rates = [], []
+        base = trainer.evaluate(heldout, num_seeds=eval_seeds) if eval_seeds else float("nan")
+        times, rates, train_rewards = [], [], []
         for step in range(cfg.max_steps):
             t0 = time.perf_counter()
             metrics = trainer.epoch(step)
             times.append(time.perf_counter() - t0)
             rates.append(metrics["train/samples_per_second"])
+            train_rewards.append(metrics["train/reward_mean"])
             trainer.step = step + 1
-        tuned = trainer.evaluate(heldout, num_seeds=2)
+        tuned = trainer.evaluate(heldout, num_seeds=eval_seeds) if eval_seeds else float("nan")
+    third = max(1, len(train_rewards) // 3)
     return {"base": base, "tuned": tuned, "diff": tuned - base, "sec_per_epoch": statistics.mean(times),
-            "samples_per_s": statistics.mean(rates)}
+            "samples_per_s": statistics.mean(rates),
+            # the training reward's rise (last third minus first third of epochs): what a setting is chosen by
+            "train_rise": statistics.mean(train_rewards[-third:]) - statistics.mean(train_rewards[:third])}
 
 
 def main() -> None:
@@ -55,19 +60,29 @@ def main() -> None:
     parser.add_argument("--trainers", nargs="+", default=["ddpo", "b2"], choices=sorted(PRESETS))
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--eval-seeds", type=int, default=8, help="sampling seeds per held-out prompt")
+    parser.add_argument("--no-eval", action="store_true",
+                        help="only train and print the training reward's rise (to choose settings without "
+                             "looking at the held-out prompts)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     for kind in args.trainers:
         rows = []
         for seed in args.seeds:
-            r = run(kind, seed, args.overrides)
+            r = run(kind, seed, args.overrides, 0 if args.no_eval else args.eval_seeds)
             rows.append(r)
             print(f"{kind} seed {seed}: base {r['base']:.4f}  tuned {r['tuned']:.4f}  diff {r['diff']:+.4f}  "
-                  f"{r['sec_per_epoch']:.1f} s/epoch  {r['samples_per_s']:.2f} samples/s", flush=True)
+                  f"train rise {r['train_rise']:+.4f}  {r['sec_per_epoch']:.1f} s/epoch  "
+                  f"{r['samples_per_s']:.2f} samples/s", flush=True)
+        rises = [r["train_rise"] for r in rows]
+        print(f"{kind}: training reward rise {statistics.mean(rises):+.4f} (mean over {len(rises)} seeds)", flush=True)
+        if args.no_eval:
+            continue
         diffs = [r["diff"] for r in rows]
+        interval = t_interval(diffs)
         sd = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
-        print(f"{kind}: mean diff {statistics.mean(diffs):+.4f} kB-score over {len(diffs)} seeds, "
-              f"effect size (mean/sd) {statistics.mean(diffs) / sd if sd == sd and sd > 0 else float('nan'):.2f}, "
+        print(f"{kind}: mean diff {interval.mean:+.4f} ± {interval.half_width:.4f} (95% t-interval) kB-score over "
+              f"{len(diffs)} seeds, effect size (mean/sd) {interval.mean / sd if sd > 0 else float('nan'):.2f}, "
               f"improved in {sum(d > 0 for d in diffs)}/{len(diffs)}", flush=True)
 
 
