@@ -13,10 +13,10 @@ BUDGET=${BUDGET_MINUTES:-}
 budget_args=(); [ -n "$BUDGET" ] && budget_args=(--time-budget-minutes "$BUDGET")
 # 1. the VAE (and backbone A's latents); one thread: two oversubscribe a busy machine
 $PY -m promptloop.training.shapes.backbone --out $ASSETS/backbone-a --work $RUNS/backbone-a --seed 0 \
-    --vae-steps 400 --vae-batch 24 --decoder-steps 300 --num-scenes 8000 --threads 1 --stop-after latents
+    --vae-steps 3000 --vae-batch 24 --vae-fg-weight 4 --decoder-steps 500 --num-scenes 8000 --threads 1 --stop-after latents
 # 2. both UNets + text encoders at once, one core each
 $PY -m promptloop.training.shapes.backbone --out $ASSETS/backbone-a --work $RUNS/backbone-a --seed 0 \
-    --vae-steps 400 --vae-batch 24 --decoder-steps 300 --num-scenes 8000 --threads 1 --unet-steps $UNET_STEPS_A "${budget_args[@]}" &
+    --vae-steps 3000 --vae-batch 24 --vae-fg-weight 4 --decoder-steps 500 --num-scenes 8000 --threads 1 --unet-steps $UNET_STEPS_A "${budget_args[@]}" &
 $PY -m promptloop.training.shapes.backbone --out $ASSETS/backbone-b --work $RUNS/backbone-b --seed 1 \
     --vae-from $RUNS/backbone-a/vae-decoder --num-scenes 8000 --threads 1 --unet-steps $UNET_STEPS_B "${budget_args[@]}" &
 wait
