@@ -6,6 +6,9 @@ and the effect size over seeds (mean difference / its standard deviation). Also 
 second and seconds per training epoch/stage.
 
     python benchmarks/study_ddpo_tiny.py --seeds 0 1 2 --trainers ddpo b2
+    # on the trained ShapesWorld backbone (a tiny model whose images depend on the prompt):
+    python benchmarks/study_ddpo_tiny.py --seeds 0 1 2 --trainers ddpo b2 --heldout shapes-heldout:5 \
+        --set backbone=promptloop/assets/shapesworld/backbone-a --set prompts=shapes:16
 """
 
 from __future__ import annotations
@@ -23,20 +26,25 @@ from promptloop.training.diffusion.config import B2Config, DDPOConfig
 from promptloop.training.diffusion.ddpo import DDPOTrainer
 
 from promptloop.evaluation.intervals import t_interval
+from promptloop.prompts import load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"ddpo": (DDPOConfig, DDPOTrainer, "ddpo_tiny.yaml"), "b2": (B2Config, B2Trainer, "b2_tiny.yaml")}
 
 
-def run(kind: str, seed: int, extra: list[str], eval_seeds: int) -> dict[str, float]:
+#: The tiny random pipeline's held-out prompts (none of them in its training set ``tiny``).
+DEFAULT_HELDOUT = ["a tiny house on a hill", "a yellow boat on a lake", "an owl in the moonlight",
+                   "a bowl of ramen", "a snowy mountain village"]
+
+
+def run(kind: str, seed: int, extra: list[str], eval_seeds: int, heldout_spec: str | None = None) -> dict[str, float]:
     cls, trainer_cls, preset = PRESETS[kind]
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(cls, ROOT / "training" / "configs" / preset,
                           [f"output_dir={out}", f"seed={seed}", "progress=false", "report_to=none", "save_steps=0",
                            *extra])
         trainer = trainer_cls(cfg)
-        heldout = ["a tiny house on a hill", "a yellow boat on a lake", "an owl in the moonlight",
-                   "a bowl of ramen", "a snowy mountain village"]
+        heldout = load_prompts(heldout_spec) if heldout_spec else DEFAULT_HELDOUT
         base = trainer.evaluate(heldout, num_seeds=eval_seeds) if eval_seeds else float("nan")
         times, rates, train_rewards = [], [], []
         for step in range(cfg.max_steps):
@@ -61,6 +69,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="config override key=value")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--eval-seeds", type=int, default=8, help="sampling seeds per held-out prompt")
+    parser.add_argument("--heldout", default=None,
+                        help="held-out prompt set (promptloop.prompts spec, e.g. shapes-heldout:5); default: 5 "
+                             "prompts outside the tiny training set")
     parser.add_argument("--no-eval", action="store_true",
                         help="only train and print the training reward's rise (to choose settings without "
                              "looking at the held-out prompts)")
@@ -69,7 +80,7 @@ def main() -> None:
     for kind in args.trainers:
         rows = []
         for seed in args.seeds:
-            r = run(kind, seed, args.overrides, 0 if args.no_eval else args.eval_seeds)
+            r = run(kind, seed, args.overrides, 0 if args.no_eval else args.eval_seeds, args.heldout)
             rows.append(r)
             print(f"{kind} seed {seed}: base {r['base']:.4f}  tuned {r['tuned']:.4f}  diff {r['diff']:+.4f}  "
                   f"train rise {r['train_rise']:+.4f}  {r['sec_per_epoch']:.1f} s/epoch  "
