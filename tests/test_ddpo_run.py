@@ -8,12 +8,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
 from promptloop.training.config import load_config
 from promptloop.training.diffusion.b2 import B2Trainer
 from promptloop.training.diffusion.config import B2Config, DDPOConfig
 from promptloop.training.diffusion.ddpo import DDPOTrainer
+from typer.testing import CliRunner
 
 COMMON = ["device=cpu", "report_to=tensorboard", "progress=false", "eval_steps=0", "lora_r=4", "lora_alpha=8",
           "learning_rate=3e-2", "max_steps=2", "save_steps=1", "save_total_limit=null"]
@@ -66,9 +65,9 @@ def test_resume_reaches_the_same_adapter_bit_for_bit(finished_run, tmp_path):
 
 
 def test_adapter_loads_into_a_plain_pipeline_and_runs_with_the_hook(finished_run):
+    from helpers import run_kwargs, suffix_policy
     from test_hook import PROMPTS, reference_callback
 
-    from helpers import run_kwargs, suffix_policy
     from promptloop import PromptLoopHook
     from promptloop.testing import tiny_pipeline
 
