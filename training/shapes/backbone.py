@@ -153,15 +153,13 @@ def finetune_decoder(args, vae, work: Path) -> None:
 def reconstruction_reward(vae, n: int = 64) -> dict[str, float]:
     """Exact reward of VAE round trips of ``n`` held-out renders against their ``full`` captions: the
     ceiling the UNet can reach through this VAE (1.0 on the renders themselves)."""
-    from PIL import Image
-
+    from promptloop.preview import to_pil
     from promptloop.worlds.shapes.evaluation import heldout_prompts, summarize
 
     pairs = heldout_prompts(n, styles=("full",))
     x = _to_tensor([render_scene(scene) for scene, _ in pairs])
     recon = vae.decode(vae.encode(x).latent_dist.mean).sample
-    arr = ((recon.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-    return summarize([Image.fromarray(a) for a in arr], [prompt for _, prompt in pairs])
+    return summarize(to_pil(recon), [prompt for _, prompt in pairs])
 
 
 @torch.no_grad()
