@@ -20,13 +20,13 @@ import time
 from pathlib import Path
 
 import torch
+
+from promptloop.evaluation.intervals import t_interval
+from promptloop.prompts import load_prompts
 from promptloop.training.config import load_config
 from promptloop.training.diffusion.b2 import B2Trainer
 from promptloop.training.diffusion.config import B2Config, DDPOConfig
 from promptloop.training.diffusion.ddpo import DDPOTrainer
-
-from promptloop.evaluation.intervals import t_interval
-from promptloop.prompts import load_prompts
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"ddpo": (DDPOConfig, DDPOTrainer, "ddpo_tiny.yaml"), "b2": (B2Config, B2Trainer, "b2_tiny.yaml")}

@@ -8,11 +8,12 @@ import json
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
+
 from promptloop.training.config import load_config
 from promptloop.training.diffusion.b2 import B2Trainer
 from promptloop.training.diffusion.config import B2Config, DDPOConfig
 from promptloop.training.diffusion.ddpo import DDPOTrainer
-from typer.testing import CliRunner
 
 COMMON = ["device=cpu", "report_to=tensorboard", "progress=false", "eval_steps=0", "lora_r=4", "lora_alpha=8",
           "learning_rate=3e-2", "max_steps=2", "save_steps=1", "save_total_limit=null"]

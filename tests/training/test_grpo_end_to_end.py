@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from promptloop.training.config import GRPOConfig, load_config
 from promptloop.training.grpo.trainer import GRPOTrainer
 
