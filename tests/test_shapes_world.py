@@ -53,6 +53,21 @@ def test_terse_and_full_captions_read_as_documented():
     assert caption(scene, "relational") == "a red circle left of a blue square left of a red circle"
 
 
+def test_caption_mixes_draw_styles_at_their_weights():
+    from collections import Counter
+
+    from promptloop.worlds.shapes.grammar import CAPTION_MIXES, DESCRIPTIVE_STYLE_WEIGHTS, random_caption
+
+    scene = _multi(3)[0]  # six distinct phrasings
+    by_style = {text: style for style, text in all_captions(scene).items()}
+    rng = random.Random(0)
+    drawn = Counter(by_style[random_caption(scene, rng, DESCRIPTIVE_STYLE_WEIGHTS)] for _ in range(2000))
+    assert 0.93 < drawn["full"] / 2000 < 0.97  # descriptive: 95 % full captions
+    drawn = Counter(by_style[random_caption(scene, rng)] for _ in range(2000))
+    assert 0.2 < drawn["terse"] / 2000 < 0.3  # the default mix: a quarter terse
+    assert set(CAPTION_MIXES) == {"mixed", "descriptive"}
+
+
 @pytest.mark.parametrize("style", STYLES)
 def test_every_caption_parses_back_to_its_scene(style):
     for scene in SCENES:

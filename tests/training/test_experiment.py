@@ -48,3 +48,15 @@ def test_reduced_experiment_writes_every_artefact(tmp_path):
     assert again.exit_code == 0, again.output
     assert "training" not in again.output.split("evaluating")[0].replace("training 3 runs", "")
     assert {p: p.stat().st_mtime for p in (out / "eval" / "cells").iterdir()} == before
+
+
+def test_the_descriptive_preset_runs_on_backbones_c_and_d_and_names_them():
+    from promptloop.training.shapes.experiment import DESCRIPTIVE, FULL
+    from promptloop.training.shapes.experiment_report import label
+
+    assert DESCRIPTIVE.backbone_a.endswith("backbone-c") and DESCRIPTIVE.backbone_b.endswith("backbone-d")
+    assert (DESCRIPTIVE.grpo_steps, DESCRIPTIVE.train_seeds) == (FULL.grpo_steps, FULL.train_seeds)
+    assert label("a", DESCRIPTIVE) == "(a) backbone C alone"
+    assert label("d", DESCRIPTIVE) == "(d) (c) policy on backbone D"
+    assert label("e+c", DESCRIPTIVE) == "(e) DDPO-tuned C + (c) policy"
+    assert label("a", FULL) == LABELS["a"] == "(a) backbone A alone"

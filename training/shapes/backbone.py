@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from promptloop.worlds.shapes.backbone import assemble_pipeline, build_components
-from promptloop.worlds.shapes.grammar import random_caption
+from promptloop.worlds.shapes.grammar import CAPTION_MIXES, random_caption
 from promptloop.worlds.shapes.render import render_scene
 from promptloop.worlds.shapes.scene import BACKGROUND, sample_scene
 
@@ -197,6 +197,7 @@ def train_unet(args, components: dict, latents: torch.Tensor, out: Path, work: P
     gen = torch.Generator().manual_seed(args.seed * 131 + step)
     scale = components["vae"].config.scaling_factor
     scenes = [None] * args.num_scenes
+    mix = CAPTION_MIXES[args.captions]
 
     def scene(i):
         if scenes[i] is None:
@@ -207,7 +208,7 @@ def train_unet(args, components: dict, latents: torch.Tensor, out: Path, work: P
         pipe = assemble_pipeline({**components, "unet": ema_unet, "text_encoder": ema_text})
         pipe.save_pretrained(out, safe_serialization=True)
         info = {"seed": args.seed, "unet_steps": step, "unet_seconds": round(seconds, 1), "batch": args.batch,
-                "num_scenes": args.num_scenes, "vae_from": args.vae_from, "vae_steps": args.vae_steps,
+                "num_scenes": args.num_scenes, "captions": args.captions, "vae_from": args.vae_from, "vae_steps": args.vae_steps,
                 "command": "python -m promptloop.training.shapes.backbone " + " ".join(sys.argv[1:])}
         vae_info = work / "vae_info.json"
         if vae_info.exists():
@@ -221,7 +222,7 @@ def train_unet(args, components: dict, latents: torch.Tensor, out: Path, work: P
     while step < args.unet_steps:
         t0 = time.time()
         idx = [rng.randrange(args.num_scenes) for _ in range(args.batch)]
-        captions = ["" if rng.random() < args.caption_dropout else random_caption(scene(i), rng) for i in idx]
+        captions = ["" if rng.random() < args.caption_dropout else random_caption(scene(i), rng, mix) for i in idx]
         ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                         return_tensors="pt").input_ids
         x0 = latents[idx] * scale
@@ -282,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--unet-lr", type=float, default=1e-3)
     p.add_argument("--ema", type=float, default=0.998)
     p.add_argument("--caption-dropout", type=float, default=0.1)
+    p.add_argument("--captions", choices=sorted(CAPTION_MIXES), default="mixed",
+                   help="caption style mix: 'mixed' (every phrasing) or 'descriptive' (95%% full captions)")
     p.add_argument("--ckpt-minutes", type=float, default=4.0)
     p.add_argument("--time-budget-minutes", type=float, default=None, help="stop (resumably) after this long")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")

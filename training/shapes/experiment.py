@@ -56,6 +56,8 @@ class ExperimentSettings:
     num_strips: int = 3
     backbone_a: str = str(ASSETS / "backbone-a")
     backbone_b: str = str(ASSETS / "backbone-b")
+    #: How the report names the two backbones (trained on, generalised to).
+    backbone_names: list[str] = field(default_factory=lambda: ["A", "B"])
     policy: str = str(ASSETS / "policy-sft")
     #: Extra ``--set`` overrides for every GRPO / DDPO run (e.g. a GPU preset's device).
     grpo_overrides: list[str] = field(default_factory=list)
@@ -77,7 +79,11 @@ GPU = ExperimentSettings(grpo_steps=400, ddpo_steps=400, curve_every=40, eval_pr
                          parallel=1, device="cuda",
                          grpo_overrides=["device=cuda", "per_device_prompts=8", "num_generations=8"],
                          ddpo_overrides=["device=cuda", "sample_batch_size=64", "train_batch_size=16"])
-PRESETS = {"full": FULL, "reduced": REDUCED, "gpu": GPU}
+#: The same experiment on the backbones trained on descriptive captions (C, and D for (d)): users'
+#: short prompts are rare in their training captions, as with DALL-E 3's (docs/experiment.md).
+DESCRIPTIVE = dataclasses.replace(FULL, backbone_a=str(ASSETS / "backbone-c"), backbone_b=str(ASSETS / "backbone-d"),
+                                  backbone_names=["C", "D"])
+PRESETS = {"full": FULL, "descriptive": DESCRIPTIVE, "reduced": REDUCED, "gpu": GPU}
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -215,8 +221,10 @@ def _experiment() -> None:
 def shapes(
     out: Annotated[Path, typer.Option("--out", help="Output folder (resumable).")] = Path("runs/experiment-shapes"),
     reduced: Annotated[bool, typer.Option("--reduced", help="The CI-sized setting: 1 seed, 1 step, 2 prompts.")] = False,
-    preset: Annotated[str, typer.Option("--preset", help="full (the reported CPU run), reduced (CI) or gpu "
-                                                         "(10x budget on CUDA; not run here).")] = "full",
+    preset: Annotated[str, typer.Option("--preset", help="full (the reported CPU run, backbones A/B), descriptive "
+                                                         "(the same on backbones C/D, trained on descriptive "
+                                                         "captions), reduced (CI) or gpu (10x budget on CUDA; "
+                                                         "not run here).")] = "full",
     stage: Annotated[str, typer.Option("--stage", help="train, eval, report or all.")] = "all",
     parallel: Annotated[int | None, typer.Option("--parallel", help="Trainings side by side (default 2).")] = None,
 ) -> None:

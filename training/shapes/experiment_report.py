@@ -28,6 +28,18 @@ LABELS: dict[str, str] = {
     "e": "(e) DDPO-tuned backbone A",
     "e+c": "(e) DDPO-tuned A + (c) policy",
 }
+
+
+def label(name: str, settings: ExperimentSettings | None = None) -> str:
+    """The row's label, with the backbones named as in ``settings`` (A and B by default)."""
+    text = LABELS[name]
+    if settings is None or list(settings.backbone_names) == ["A", "B"]:
+        return text
+    first, second = settings.backbone_names
+    return (text.replace("backbone A", f"backbone {first}").replace("tuned A", f"tuned {first}")
+            .replace("backbone B", f"backbone {second}"))
+
+
 #: Which row each row is compared with (same prompts, same noise).
 BASELINE = {name: ("a-B" if name in ("d", "a-B") else "a") for name in LABELS}
 #: Trained rows and the training runs they cost.
@@ -143,7 +155,7 @@ def write_report(settings: ExperimentSettings, jobs: Sequence[TrainingJob], out:
                "inference_costs": inference, "curves": curve_data}
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     _write_markdown(out / "results.md", settings, groups, lookup, deltas, comparisons, costs, inference)
-    _write_csv(out / "results.csv", groups, lookup, deltas)
+    _write_csv(out / "results.csv", settings, groups, lookup, deltas)
     plot_rewards([s for s in summaries if s.reward in ("shapes", "shapes_fidelity")], out / "rewards.png",
                  title="ShapesWorld: exact reward and held-out fidelity (95% CI)")
     _plot_curves(curve_data, out / "curves.png")
@@ -179,14 +191,14 @@ def _write_markdown(path: Path, settings, groups, lookup, deltas, comparisons, c
              (f"Held-out prompts: {settings.eval_prompts}; sampling seeds: {settings.eval_seeds}; training seeds: "
               f"{settings.train_seeds}; GRPO steps: {settings.grpo_steps}; DDPO epochs: {settings.ddpo_steps}."),
              ("Mean ± half-width of the 95 % t-interval: over training seeds for trained rows, over sampling "
-              "seeds otherwise. Δ: paired difference with the baseline row (backbone alone; backbone B for "
+              f"seeds otherwise. Δ: paired difference with the baseline row (backbone alone; backbone {settings.backbone_names[1]} for "
               "(d)) on the same prompts and noise, with d_z over image pairs."), "",
              "| " + " | ".join(head) + " |", "| --- | " + " | ".join("---:" for _ in head[1:]) + " |"]
     for name in order:
         n = lookup[(name, "shapes")].n_seeds if (name, "shapes") in lookup else 0
         cells = [_fmt(lookup.get((name, "shapes"))), _fmt_delta(deltas.get(name, {})),
                  *[_fmt(lookup.get((name, a))) for a in attributes], _fmt(lookup.get((name, "shapes_fidelity"))), str(n)]
-        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label(name, settings)} | " + " | ".join(cells) + " |")
     lines += ["", "## Head to head (paired, same prompts and noise)", "", "| comparison | Δ reward | units | image pairs |",
               "| --- | ---: | ---: | ---: |"]
     for key, d in comparisons.items():
@@ -195,7 +207,7 @@ def _write_markdown(path: Path, settings, groups, lookup, deltas, comparisons, c
               "| row | sampled images | denoising steps | policy tokens | CPU s | wall s | Δ vs (a) | Δ per 1,000 images |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row, c in costs.items():
-        lines.append(f"| {LABELS[row]} | {c['images']:.0f} | {c['denoising_steps']:.0f} | {c['policy_tokens']:.0f} | "
+        lines.append(f"| {label(row, settings)} | {c['images']:.0f} | {c['denoising_steps']:.0f} | {c['policy_tokens']:.0f} | "
                      f"{c['cpu_s']:.0f} | {c['wall_s']:.0f} | {c['gain_vs_a']:+.3f} | {c['gain_per_1000_images']:+.4f} |")
     lines += ["", "## Inference cost per image (evaluation)", "",
               "Seconds are wall time on the machine as it was loaded at the time (indicative only).", "",
@@ -203,11 +215,11 @@ def _write_markdown(path: Path, settings, groups, lookup, deltas, comparisons, c
               "| --- | ---: | ---: |"]
     for name in order:
         c = inference[name]
-        lines.append(f"| {LABELS[name]} | {c['policy_tokens_per_image']:.1f} | {c['seconds_per_image']:.3f} |")
+        lines.append(f"| {label(name, settings)} | {c['policy_tokens_per_image']:.1f} | {c['seconds_per_image']:.3f} |")
     path.write_text("\n".join(lines) + "\n")
 
 
-def _write_csv(path: Path, groups, lookup, deltas) -> None:
+def _write_csv(path: Path, settings, groups, lookup, deltas) -> None:
     import csv
 
     with path.open("w", newline="") as fh:
@@ -217,10 +229,10 @@ def _write_csv(path: Path, groups, lookup, deltas) -> None:
             for score in SCORES:
                 s = lookup.get((name, score))
                 if s is not None:
-                    w.writerow([name, LABELS[name], score, s.mean, s.ci_low, s.ci_high, s.n_seeds, s.n_images])
+                    w.writerow([name, label(name, settings), score, s.mean, s.ci_low, s.ci_high, s.n_seeds, s.n_images])
             d = deltas.get(name)
             if d:
-                w.writerow([name, LABELS[name], "delta_shapes_vs_baseline", d["mean"], d["ci_low"], d["ci_high"],
+                w.writerow([name, label(name, settings), "delta_shapes_vs_baseline", d["mean"], d["ci_low"], d["ci_high"],
                             d["n_units"], d["n_pairs"]])
 
 
