@@ -87,9 +87,15 @@ def demo(
     family: Annotated[str, typer.Option(help="Tiny backbone family: sd, sdxl, sd3 or flux.")] = "sd",
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
     steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
-    schedule: ScheduleOpt = "evenly:3",
+    schedule: Annotated[str | None, typer.Option(
+        "--schedule", help="Where to refine (default: evenly:2 on ShapesWorld, as trained and evaluated; "
+                           "evenly:3 on random models).")] = None,
     mode: ModeOpt = "sync",
     preview: PreviewOpt = "vae",
+    backbone: Annotated[str, typer.Option(help="ShapesWorld backbone: backbone-c (default; trained on descriptive "
+                                               "captions), backbone-a/-b/-d, or a folder.")] = "backbone-c",
+    adapter: Annotated[str, typer.Option(help="ShapesWorld policy LoRA: policy-grpo (default; GRPO-trained), a "
+                                              "folder, or 'none' for the SFT start alone.")] = "policy-grpo",
     size: Annotated[int, typer.Option(help="Image size in pixels (tiny models: keep it small).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
     policy_steps: Annotated[int, typer.Option(
@@ -114,7 +120,8 @@ def demo(
     if world == "shapes":
         from promptloop.worlds.shapes.demo import run_demo
 
-        run_demo(out, prompts=prompt, steps=steps, schedule=schedule, mode=mode, seed=seed, echo=typer.echo)
+        run_demo(out, prompts=prompt, backbone=backbone, adapter=None if adapter == "none" else adapter, steps=steps,
+                 schedule=schedule or "evenly:2", mode=mode, seed=seed, echo=typer.echo)
         return
     if world != "random":
         raise typer.BadParameter(f"unknown world {world!r}: choose shapes or random", param_hint="--world")
@@ -138,7 +145,7 @@ def demo(
             policy_dir = save_tiny_qwen2vl(Path(tmp) / "tiny-qwen2vl")
         policy = TransformersPolicy.from_pretrained(policy_dir, device="cpu", dtype="float32",
                                                     sampling=SamplingConfig(max_new_tokens=48))
-    hook = PromptLoopHook(policy, schedule=schedule, mode=mode, preview=preview, preview_size=128)
+    hook = PromptLoopHook(policy, schedule=schedule or "evenly:3", mode=mode, preview=preview, preview_size=128)
     kwargs = dict(num_inference_steps=steps, height=size, width=size, generator=torch.Generator().manual_seed(seed))
     if family != "flux":
         kwargs["guidance_scale"] = 5.0

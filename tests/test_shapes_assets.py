@@ -61,6 +61,29 @@ def test_policy_restates_heldout_prompts_at_its_recorded_rate():
     assert measured["restate_valid"] > 0
 
 
+#: The shipped GRPO policy must beat backbone C alone on the tests' fixed held-out set (32 prompts)
+#: by the margin recorded (and reported in docs/experiment.md), less at most one image's worth.
+MARGIN_TOLERANCE = 1 / 32
+
+
+def test_shipped_grpo_policy_beats_the_backbone_alone_by_its_recorded_margin():
+    from promptloop.training.shapes.ship_policy import measure
+    from promptloop.worlds.shapes.demo import ADAPTER, adapter_path, policy_path
+    from promptloop.worlds.shapes.evaluation import POLICY_TEST_SET
+
+    info = _info(ADAPTER)
+    recorded, settings = info["test_set"], {k: info["test_set"]["settings"][k] for k in POLICY_TEST_SET}
+    assert settings == POLICY_TEST_SET
+    path = adapter_path(ADAPTER)
+    assert (path / "adapter_model.safetensors").stat().st_size < 20 * 2**20
+    alone = measure(info["backbone"], None, None, POLICY_TEST_SET)
+    steered = measure(info["backbone"], policy_path(), path, POLICY_TEST_SET)
+    margin = steered["mean"] - alone["mean"]
+    assert recorded["margin_vs_backbone"] > 0.05  # what ships is a real gain, not noise
+    assert margin >= recorded["margin_vs_backbone"] - MARGIN_TOLERANCE, (margin, recorded)
+    assert alone["mean"] == pytest.approx(recorded["backbone"]["mean"], abs=BACKBONE_TOLERANCE)
+
+
 def test_demo_writes_a_trace_with_rewards(tmp_path):
     from typer.testing import CliRunner
 
@@ -71,6 +94,7 @@ def test_demo_writes_a_trace_with_rewards(tmp_path):
                                       "-p", "two red circles and a blue square", "-p", "a green triangle"])
     assert result.exit_code == 0, result.output
     trace = json.loads((out / "trace.json").read_text())
+    assert (trace["meta"]["backbone"], trace["meta"]["adapter"]) == ("backbone-c", "policy-grpo")
     rewards = trace["meta"]["rewards"]
     assert [r["prompt"] for r in rewards] == ["two red circles and a blue square", "a green triangle"]
     for r in rewards:

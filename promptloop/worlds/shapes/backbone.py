@@ -14,7 +14,9 @@ from pathlib import Path
 from promptloop.worlds.shapes.grammar import VOCABULARY
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets" / "shapesworld"
-BACKBONES: tuple[str, ...] = ("backbone-a", "backbone-b")
+#: Shipped backbones: A and B trained on every phrasing ("mixed" captions), C and D on 95 %
+#: descriptive ``full`` captions (docs/shapesworld.md).
+BACKBONES: tuple[str, ...] = ("backbone-a", "backbone-b", "backbone-c", "backbone-d")
 #: Sampling settings the shipped backbones were evaluated with.
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 4.0
@@ -80,7 +82,7 @@ def assemble_pipeline(components: dict):
 
 
 def backbone_path(name: str = "backbone-a") -> Path:
-    """Folder of a shipped backbone (``backbone-a`` or ``backbone-b``) or a path given as is."""
+    """Folder of a shipped backbone (one of :data:`BACKBONES`) or a path given as is."""
     path = ASSETS / name if name in BACKBONES else Path(name)
     if not (path / "model_index.json").exists():
         raise FileNotFoundError(f"no ShapesWorld backbone at {path} (train one with "

@@ -1,4 +1,5 @@
-"""``promptloop demo`` on ShapesWorld: the shipped backbone, the shipped policy start, exact rewards.
+"""``promptloop demo`` on ShapesWorld: a shipped backbone, the shipped policy (SFT start + GRPO
+LoRA), exact rewards.
 
 For each prompt the backbone samples twice from the same noise: once as is ("before") and once
 with the policy refining the prompt in the loop ("after"). Both images are scored with the exact
@@ -26,6 +27,13 @@ DEMO_PROMPTS: tuple[str, ...] = (
     "a green circle at the top left and a red triangle at the bottom right",
 )
 POLICY = "policy-sft"
+#: The GRPO-trained LoRA of the policy start (the alignment experiment's step-wise policy, trained
+#: on backbone C), used by default; ``adapter=None`` runs the SFT start alone.
+ADAPTER = "policy-grpo"
+#: The backbone the demo steers by default: trained on descriptive captions, so users' short
+#: prompts are where it is weak and the policy's explicit restatements help (docs/shapesworld.md).
+BACKBONE = "backbone-c"
+SCHEDULE = "evenly:2"
 PREVIEW_SIZE = 112
 
 
@@ -37,16 +45,26 @@ def policy_path(name: str = POLICY) -> Path:
     return path
 
 
+def adapter_path(name: str) -> Path:
+    """Folder of a shipped policy adapter (e.g. ``policy-grpo``) or a path given as is."""
+    path = ASSETS / name if (ASSETS / name / "adapter_config.json").exists() else Path(name)
+    if not (path / "adapter_config.json").exists():
+        raise FileNotFoundError(f"no LoRA adapter at {path} (train one with `promptloop experiment shapes` "
+                                "and ship it with `python -m promptloop.training.shapes.ship_policy`)")
+    return path
+
+
 def _fmt(scores: dict) -> str:
     parts = [f"{a} {scores[a]:.2f}" for a in ATTRIBUTES if scores.get(a) is not None]
     return f"{scores['mean']:.2f} ({', '.join(parts)})"
 
 
-def run_demo(out: Path, *, prompts: Sequence[str] | None = None, backbone: str = "backbone-a",
-             policy: str = POLICY, steps: int = DEFAULT_STEPS, guidance: float = DEFAULT_GUIDANCE,
-             schedule: str = "evenly:3", mode: str = "sync", seed: int = 0,
+def run_demo(out: Path, *, prompts: Sequence[str] | None = None, backbone: str = BACKBONE,
+             policy: str = POLICY, adapter: str | None = ADAPTER, steps: int = DEFAULT_STEPS,
+             guidance: float = DEFAULT_GUIDANCE, schedule: str = SCHEDULE, mode: str = "sync", seed: int = 0,
              echo: Callable[[str], None] = print) -> dict:
     """Run the ShapesWorld demo; write images, ``trace.json``/``trace.html``/``trace.png`` to ``out``.
+    ``adapter``: a LoRA of the policy (default: the shipped GRPO-trained one; None: the SFT start).
     Returns the rewards per prompt (``before``/``after``, per attribute)."""
     import torch
 
@@ -56,9 +74,11 @@ def run_demo(out: Path, *, prompts: Sequence[str] | None = None, backbone: str =
 
     prompts = list(prompts or DEMO_PROMPTS)
     RefineSchedule.parse(schedule)  # a bad schedule fails before any model loads
-    echo(f"loading the ShapesWorld backbone ({backbone}) and policy start ({policy}) ...")
+    lora = adapter_path(adapter) if adapter else None
+    echo(f"loading the ShapesWorld backbone ({backbone}) and policy ({policy}"
+         + (f" + {adapter}" if adapter else "") + ") ...")
     pipe = load_backbone(backbone)
-    refiner = TransformersPolicy.from_pretrained(policy_path(policy), device="cpu", dtype="float32",
+    refiner = TransformersPolicy.from_pretrained(policy_path(policy), adapter=lora, device="cpu", dtype="float32",
                                                  sampling=SamplingConfig(max_new_tokens=64))
 
     def sample(callback=None) -> list[Image.Image]:
@@ -83,7 +103,7 @@ def run_demo(out: Path, *, prompts: Sequence[str] | None = None, backbone: str =
                         "preview_rewards": previews})
     mean_before = sum(r["before"]["mean"] for r in results) / len(results)
     mean_after = sum(r["after"]["mean"] for r in results) / len(results)
-    trace.meta.update({"world": "shapes", "backbone": backbone, "policy": policy, "seed": seed, "steps": steps,
+    trace.meta.update({"world": "shapes", "backbone": backbone, "policy": policy, "adapter": adapter, "seed": seed, "steps": steps,
                        "guidance": guidance, "seconds": round(elapsed, 2), "rewards": results,
                        "reward_before_mean": round(mean_before, 4), "reward_after_mean": round(mean_after, 4)})
 

@@ -81,8 +81,23 @@ def evaluate_backbone(pipe, n: int = 64, *, styles: Sequence[str] = USER_STYLES,
     return summarize(generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance), prompts)
 
 
+def evaluate_steered(pipe, policy, n: int = 64, *, schedule: str = "evenly:2", styles: Sequence[str] = USER_STYLES,
+                     seed: int = 0, steps: int = 20, guidance: float = 4.0, preview_size: int = 112) -> dict[str, float]:
+    """Per-attribute exact reward of ``pipe`` steered by ``policy`` (in the loop, sync mode, VAE
+    previews) on the same ``n`` held-out prompts and noise as :func:`evaluate_backbone`."""
+    from promptloop.hook import PromptLoopHook
+
+    pairs = heldout_prompts(n, styles)
+    prompts = [p for _, p in pairs]
+    hook = PromptLoopHook(policy, schedule, preview="vae", preview_size=preview_size, keep_previews=False)
+    return summarize(generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance, callback=hook), prompts)
+
+
 #: The small fixed set the tests re-measure shipped artefacts on (recorded in training_info.json).
 TEST_SET: dict = {"n": 16, "seed": 0, "steps": 20, "guidance": 4.0}
+#: The fixed held-out set the tests re-measure a shipped *policy* on (steered against alone): the
+#: experiment's 32 held-out prompts with noise seed 0; twice TEST_SET, as a margin is noisier.
+POLICY_TEST_SET: dict = {"n": 32, "seed": 0, "steps": 20, "guidance": 4.0}
 #: The larger held-out set the docs report.
 REPORT_SET: dict = {"n": 128, "seed": 0, "steps": 20, "guidance": 4.0}
 
