@@ -225,3 +225,23 @@ def test_restatement_targets_are_explicit_faithful_and_in_the_users_order():
         assert [(m.color, m.kind) for m in spec.mentions] == [(m.color, m.kind) for m in user.mentions]
         corrupted += score_image(obs.preview, obs.original_prompt)["mean"] < 1
     assert corrupted >= 10  # most previews show an imperfect generation
+
+
+def test_the_scripted_rewrite_is_explicit_and_satisfies_every_heldout_prompt():
+    from promptloop.refinement import Observation
+    from promptloop.worlds.shapes.evaluation import heldout_prompts
+    from promptloop.worlds.shapes.rewrite import explicit_rewrite, scripted_policy
+    from promptloop.worlds.shapes.tasks import satisfies, scene_of
+
+    for _, prompt in heldout_prompts(120):
+        rewritten = explicit_rewrite(prompt)
+        scene = scene_of(parse_prompt(rewritten))
+        assert scene is not None, rewritten  # every shape with a size and a cell
+        assert satisfies(scene, prompt), (prompt, rewritten)
+    assert explicit_rewrite("a red circle left of a blue square") == (
+        "a large red circle in the centre and a large blue square at the bottom right")
+    policy = scripted_policy()
+    out = policy.refine([Observation("two green triangles", "two green triangles", 3, 10),
+                         Observation("not a prompt", "not a prompt", 3, 10)])
+    assert out[0].text == "a large green triangle in the centre and a large green triangle at the top left"
+    assert out[1].text == "not a prompt"
