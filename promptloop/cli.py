@@ -94,8 +94,8 @@ def demo(
     preview: PreviewOpt = "vae",
     backbone: Annotated[str, typer.Option(help="ShapesWorld backbone: backbone-c (default; trained on descriptive "
                                                "captions), backbone-a/-b/-d, or a folder.")] = "backbone-c",
-    adapter: Annotated[str, typer.Option(help="ShapesWorld policy LoRA: policy-grpo (default; GRPO-trained), a "
-                                              "folder, or 'none' for the SFT start alone.")] = "policy-grpo",
+    adapter: Annotated[str, typer.Option(help="ShapesWorld policy LoRA: 'none' (default: the SFT start alone), "
+                                              "policy-grpo (the shipped GRPO one) or a folder.")] = "none",
     size: Annotated[int, typer.Option(help="Image size in pixels (tiny models: keep it small).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
     policy_steps: Annotated[int, typer.Option(

@@ -1,5 +1,5 @@
-"""``promptloop demo`` on ShapesWorld: a shipped backbone, the shipped policy (SFT start + GRPO
-LoRA), exact rewards.
+"""``promptloop demo`` on ShapesWorld: a shipped backbone, the shipped policy start (optionally with
+the shipped GRPO LoRA), exact rewards.
 
 For each prompt the backbone samples twice from the same noise: once as is ("before") and once
 with the policy refining the prompt in the loop ("after"). Both images are scored with the exact
@@ -27,8 +27,9 @@ DEMO_PROMPTS: tuple[str, ...] = (
     "a green circle at the top left and a red triangle at the bottom right",
 )
 POLICY = "policy-sft"
-#: The GRPO-trained LoRA of the policy start (the alignment experiment's step-wise policy, trained
-#: on backbone C), used by default; ``adapter=None`` runs the SFT start alone.
+#: The shipped GRPO-trained LoRA of the policy start (the alignment experiment's step-wise policy,
+#: seed 0, trained on backbone C). It beats backbone C alone but not the SFT start, so the demo
+#: runs the SFT start by default (``adapter=None``); pass ``adapter=ADAPTER`` to see it.
 ADAPTER = "policy-grpo"
 #: The backbone the demo steers by default: trained on descriptive captions, so users' short
 #: prompts are where it is weak and the policy's explicit restatements help (docs/shapesworld.md).
@@ -60,11 +61,11 @@ def _fmt(scores: dict) -> str:
 
 
 def run_demo(out: Path, *, prompts: Sequence[str] | None = None, backbone: str = BACKBONE,
-             policy: str = POLICY, adapter: str | None = ADAPTER, steps: int = DEFAULT_STEPS,
+             policy: str = POLICY, adapter: str | None = None, steps: int = DEFAULT_STEPS,
              guidance: float = DEFAULT_GUIDANCE, schedule: str = SCHEDULE, mode: str = "sync", seed: int = 0,
              echo: Callable[[str], None] = print) -> dict:
     """Run the ShapesWorld demo; write images, ``trace.json``/``trace.html``/``trace.png`` to ``out``.
-    ``adapter``: a LoRA of the policy (default: the shipped GRPO-trained one; None: the SFT start).
+    ``adapter``: a LoRA of the policy (e.g. :data:`ADAPTER`, the shipped GRPO one); None: the SFT start.
     Returns the rewards per prompt (``before``/``after``, per attribute)."""
     import torch
 
