@@ -124,6 +124,9 @@ class GRPOConfig(TrainConfig):
     per_device_prompts: int = 2
     #: G: rollouts per prompt (one pipeline call with ``num_images_per_prompt=G``).
     num_generations: int = 4
+    #: The G rollouts of a prompt start from the same initial noise, so that their rewards differ
+    #: only by what the policy did (the advantage no longer rewards the luck of the noise).
+    share_noise: bool = False
     #: KL coefficient to the reference policy (the model with the adapter disabled); 0 skips it.
     beta: float = 0.0
     #: Lower clip range of the token ratio: ``ratio >= 1 - epsilon``.

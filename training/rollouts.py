@@ -38,6 +38,7 @@ from promptloop.policies.messages import (
 from promptloop.rewards.registry import CombinedReward
 from promptloop.schedule import RefineSchedule
 from promptloop.trace import Trace, TraceEntry
+from promptloop.training.runtime import derived_seed
 
 #: Fallbacks that still come with generated tokens (the policy wrote something unusable).
 TOKEN_FALLBACKS = ("empty", "too_long", "truncated", "unparsable")
@@ -155,18 +156,24 @@ def rollout(
     preview: str = "vae",
     preview_size: int = 56,
     sampling: SamplingConfig | None = None,
+    share_noise: bool = False,
 ) -> RolloutBatch:
     """Sample ``num_generations`` trajectories per prompt through the hook and score them.
 
     ``seed`` fixes the initial latents and a random schedule's draws; ``sampling`` decodes every
     policy call of the rollout (passed per call to a
-    :class:`~promptloop.policies.base.GenerativePolicy`; default: the policy's own). Returns the
-    batch with one record per policy action.
+    :class:`~promptloop.policies.base.GenerativePolicy`; default: the policy's own);
+    ``share_noise``: the rollouts of one prompt start from the same latents (one generator per
+    sample, seeded per prompt). Returns the batch with one record per policy action.
     """
     prompts = list(prompts)
     timed = _TimedPolicy(policy, sampling)
     per_sample = [p for p in prompts for _ in range(num_generations)]
-    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    if share_noise:
+        generator = [torch.Generator(device="cpu").manual_seed(derived_seed(int(seed), 7919 + group))
+                     for group in range(len(prompts)) for _ in range(num_generations)]
+    else:
+        generator = torch.Generator(device="cpu").manual_seed(int(seed))
     call = dict(num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                 num_images_per_prompt=num_generations, generator=generator, output_type="pil")
     if height:

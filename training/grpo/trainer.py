@@ -144,6 +144,7 @@ class GRPOTrainer:
             self.pipeline, self.rollout_policy, prompts, self.reward, num_generations=num_generations, schedule=schedule,
             seed=seed, mode=c.mode, num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale,
             height=c.height, width=c.width, preview=c.preview, preview_size=c.preview_size, sampling=sampling,
+            share_noise=c.share_noise,
         )
 
     # -- scoring ----------------------------------------------------------------------------
