@@ -118,10 +118,10 @@ def demo(
     """
     _setup_logging(verbose)
     if world == "shapes":
-        from promptloop.worlds.shapes.demo import run_demo
+        from promptloop.worlds.shapes.demo import SCHEDULE, run_demo
 
         run_demo(out, prompts=prompt, backbone=backbone, adapter=None if adapter == "none" else adapter, steps=steps,
-                 schedule=schedule or "evenly:2", mode=mode, seed=seed, echo=typer.echo)
+                 schedule=schedule or SCHEDULE, mode=mode, seed=seed, echo=typer.echo)
         return
     if world != "random":
         raise typer.BadParameter(f"unknown world {world!r}: choose shapes or random", param_hint="--world")

@@ -22,7 +22,6 @@ import argparse
 import json
 from pathlib import Path
 
-from promptloop.worlds.shapes.backbone import ASSETS
 from promptloop.worlds.shapes.reward import score_image
 
 
@@ -30,13 +29,13 @@ def _scores(images, prompts) -> list[dict]:
     return [score_image(im, p) for im, p in zip(images, prompts, strict=True)]
 
 
-def run(backbone: str, n: int, seeds: list[int], adapter: str | None, echo=print) -> dict[str, list[dict]]:
+def run(backbone: str, n: int, seeds: list[int], adapter: str | Path | None, echo=print) -> dict[str, list[dict]]:
     import torch
 
-    from promptloop.hook import PromptLoopHook
     from promptloop.policies import SamplingConfig, TransformersPolicy
     from promptloop.worlds.shapes.backbone import load_backbone
-    from promptloop.worlds.shapes.evaluation import generate, heldout_prompts
+    from promptloop.worlds.shapes.demo import policy_path
+    from promptloop.worlds.shapes.evaluation import generate, heldout_prompts, steering_hook
     from promptloop.worlds.shapes.grammar import caption
     from promptloop.worlds.shapes.rewrite import explicit_rewrite
 
@@ -46,18 +45,17 @@ def run(backbone: str, n: int, seeds: list[int], adapter: str | None, echo=print
     users = [p for _, p in pairs]
     inputs = {"alone": users, "scripted one-shot": [explicit_rewrite(p) for p in users],
               "oracle (true scene, full caption)": [caption(s, "full") for s, _ in pairs]}
-    policies = {"SFT step-wise": None}
-    if adapter:
-        policies["trained step-wise"] = adapter
+    loras = {"SFT step-wise": None} | ({"trained step-wise": adapter} if adapter else {})
+    policies = {name: TransformersPolicy.from_pretrained(policy_path(), adapter=lora, device="cpu", dtype="float32",
+                                                         sampling=SamplingConfig(max_new_tokens=64))
+                for name, lora in loras.items()}
     rows: dict[str, list[dict]] = {}
     for seed in seeds:
         for name, prompts in inputs.items():
             rows.setdefault(name, []).extend(_scores(generate(pipe, prompts, seed=seed), users))
-        for name, lora in policies.items():
-            policy = TransformersPolicy.from_pretrained(ASSETS / "policy-sft", adapter=lora, device="cpu",
-                                                        dtype="float32", sampling=SamplingConfig(max_new_tokens=64))
-            hook = PromptLoopHook(policy, "evenly:2", preview="vae", preview_size=112, keep_previews=False)
-            rows.setdefault(name, []).extend(_scores(generate(pipe, users, seed=seed, callback=hook), users))
+        for name, policy in policies.items():
+            images = generate(pipe, users, seed=seed, callback=steering_hook(policy))
+            rows.setdefault(name, []).extend(_scores(images, users))
         echo(f"  sampling seed {seed}: done")
     return rows
 
@@ -89,8 +87,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--adapter", default=None, help="a trained policy LoRA to add as a row (e.g. policy-grpo)")
     p.add_argument("--out", type=Path, default=None, help="also write the per-image scores here (JSON)")
     args = p.parse_args(argv)
-    adapter = str(ASSETS / args.adapter) if args.adapter and (ASSETS / args.adapter).exists() else args.adapter
-    rows = run(args.backbone, args.n, args.seeds, adapter)
+    from promptloop.worlds.shapes.demo import adapter_path
+
+    rows = run(args.backbone, args.n, args.seeds, adapter_path(args.adapter) if args.adapter else None)
     if args.out:
         args.out.write_text(json.dumps(rows))
     print(f"\nbackbone {args.backbone}, {args.n} held-out prompts x sampling seeds {args.seeds}:\n")

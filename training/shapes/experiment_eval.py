@@ -7,13 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from promptloop.training.shapes.experiment import ExperimentSettings, TrainingJob
+from promptloop.worlds.shapes.evaluation import STEPWISE_SCHEDULE
 
 #: The per-attribute columns (the ``shapes`` reward is their mean over the attributes a prompt
 #: constrains), as named by :func:`promptloop.worlds.shapes.evaluation.attribute_metrics`.
 ATTRIBUTES = ("shapes_color", "shapes_shape", "shapes_count", "shapes_size", "shapes_position")
 REWARDS = ("shapes", "shapes_fidelity")
 #: Evaluation schedule of every step-wise row (the training-time evaluation uses the same).
-EVAL_SCHEDULE = "evenly:2"
+EVAL_SCHEDULE = STEPWISE_SCHEDULE
 
 
 def experiment_rows(settings: ExperimentSettings, jobs: Sequence[TrainingJob]) -> list:

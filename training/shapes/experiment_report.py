@@ -15,29 +15,30 @@ from pathlib import Path
 from promptloop.training.shapes.experiment import ExperimentSettings, TrainingJob, curves
 from promptloop.training.shapes.experiment_eval import ATTRIBUTES, run_evaluation
 
-LABELS: dict[str, str] = {
-    "a": "(a) backbone A alone",
+#: Row labels, ``{a}`` the backbone trained on and ``{b}`` the one generalised to.
+_LABEL_TEMPLATES: dict[str, str] = {
+    "a": "(a) backbone {a} alone",
     "a-sft": "(a') SFT policy, step-wise, no RL",
     "a-sft-oneshot": "(a'1) SFT policy, one-shot, no RL",
     "b": "(b) one-shot rewrite, GRPO",
     "c-sync": "(c) step-wise, GRPO, sync",
     "c-async": "(c) step-wise, GRPO, async",
     "c-ahead": "(c) step-wise, GRPO, ahead",
-    "a-B": "backbone B alone",
-    "d": "(d) (c) policy on backbone B",
-    "e": "(e) DDPO-tuned backbone A",
-    "e+c": "(e) DDPO-tuned A + (c) policy",
+    "a-B": "backbone {b} alone",
+    "d": "(d) (c) policy on backbone {b}",
+    "e": "(e) DDPO-tuned backbone {a}",
+    "e+c": "(e) DDPO-tuned {a} + (c) policy",
 }
+#: The labels with the default backbones A and B.
+LABELS: dict[str, str] = {name: text.format(a="A", b="B") for name, text in _LABEL_TEMPLATES.items()}
 
 
 def label(name: str, settings: ExperimentSettings | None = None) -> str:
     """The row's label, with the backbones named as in ``settings`` (A and B by default)."""
-    text = LABELS[name]
-    if settings is None or list(settings.backbone_names) == ["A", "B"]:
-        return text
+    if settings is None:
+        return LABELS[name]
     first, second = settings.backbone_names
-    return (text.replace("backbone A", f"backbone {first}").replace("tuned A", f"tuned {first}")
-            .replace("backbone B", f"backbone {second}"))
+    return _LABEL_TEMPLATES[name].format(a=first, b=second)
 
 
 #: Which row each row is compared with (same prompts, same noise).

@@ -23,9 +23,8 @@ from pathlib import Path
 import yaml
 
 from promptloop.worlds.shapes.backbone import ASSETS, backbone_path
+from promptloop.worlds.shapes.evaluation import STEPWISE_SCHEDULE
 
-#: The schedule every step-wise row of the experiment is evaluated with.
-SCHEDULE = "evenly:2"
 CARD = """---
 library_name: peft
 base_model: promptloop/assets/shapesworld/policy-sft
@@ -59,7 +58,7 @@ def measure(backbone: str, sft: Path, adapter: Path | None, settings: dict) -> d
         return evaluate_backbone(pipe, **settings)
     policy = TransformersPolicy.from_pretrained(sft, adapter=adapter, device="cpu", dtype="float32",
                                                 sampling=SamplingConfig(max_new_tokens=64))
-    return evaluate_steered(pipe, policy, schedule=SCHEDULE, **settings)
+    return evaluate_steered(pipe, policy, **settings)
 
 
 def test_set_figures(backbone: str, sft: Path, adapter: Path) -> dict:
@@ -69,7 +68,7 @@ def test_set_figures(backbone: str, sft: Path, adapter: Path) -> dict:
     alone = measure(backbone, None, None, POLICY_TEST_SET)
     start = measure(backbone, sft, None, POLICY_TEST_SET)
     trained = measure(backbone, sft, adapter, POLICY_TEST_SET)
-    return {"settings": dict(POLICY_TEST_SET, schedule=SCHEDULE, mode="sync"), "backbone": alone, "sft": start,
+    return {"settings": dict(POLICY_TEST_SET, schedule=STEPWISE_SCHEDULE, mode="sync"), "backbone": alone, "sft": start,
             "grpo": trained, "margin_vs_backbone": round(trained["mean"] - alone["mean"], 4),
             "margin_vs_sft": round(trained["mean"] - start["mean"], 4)}
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image
 
 from promptloop.worlds.shapes.backbone import ASSETS, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_backbone
+from promptloop.worlds.shapes.evaluation import STEPWISE_SCHEDULE
 from promptloop.worlds.shapes.reward import ATTRIBUTES, score_image
 
 #: The demo's prompts: what a user would type; the policy restates them explicitly.
@@ -34,7 +35,7 @@ ADAPTER = "policy-grpo"
 #: The backbone the demo steers by default: trained on descriptive captions, so users' short
 #: prompts are where it is weak and the policy's explicit restatements help (docs/shapesworld.md).
 BACKBONE = "backbone-c"
-SCHEDULE = "evenly:2"
+SCHEDULE = STEPWISE_SCHEDULE
 PREVIEW_SIZE = 112
 
 

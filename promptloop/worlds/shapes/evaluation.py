@@ -74,23 +74,29 @@ def generate(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int = 20, gu
 
 
 def evaluate_backbone(pipe, n: int = 64, *, styles: Sequence[str] = USER_STYLES, seed: int = 0,
-                      steps: int = 20, guidance: float = 4.0) -> dict[str, float]:
-    """Per-attribute exact reward of ``pipe`` on ``n`` held-out prompts."""
+                      steps: int = 20, guidance: float = 4.0, callback=None) -> dict[str, float]:
+    """Per-attribute exact reward of ``pipe`` on ``n`` held-out prompts (``callback``: e.g. a
+    :func:`steering_hook`)."""
     pairs = heldout_prompts(n, styles)
     prompts = [p for _, p in pairs]
-    return summarize(generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance), prompts)
+    return summarize(generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance, callback=callback), prompts)
 
 
-def evaluate_steered(pipe, policy, n: int = 64, *, schedule: str = "evenly:2", styles: Sequence[str] = USER_STYLES,
-                     seed: int = 0, steps: int = 20, guidance: float = 4.0, preview_size: int = 112) -> dict[str, float]:
-    """Per-attribute exact reward of ``pipe`` steered by ``policy`` (in the loop, sync mode, VAE
-    previews) on the same ``n`` held-out prompts and noise as :func:`evaluate_backbone`."""
+#: Where every step-wise ShapesWorld evaluation refines (the experiment, the demo, shipped figures).
+STEPWISE_SCHEDULE = "evenly:2"
+
+
+def steering_hook(policy, schedule: str = STEPWISE_SCHEDULE, preview_size: int = 112):
+    """The loop as every step-wise evaluation runs it: sync mode, VAE previews, none kept."""
     from promptloop.hook import PromptLoopHook
 
-    pairs = heldout_prompts(n, styles)
-    prompts = [p for _, p in pairs]
-    hook = PromptLoopHook(policy, schedule, preview="vae", preview_size=preview_size, keep_previews=False)
-    return summarize(generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance, callback=hook), prompts)
+    return PromptLoopHook(policy, schedule, preview="vae", preview_size=preview_size, keep_previews=False)
+
+
+def evaluate_steered(pipe, policy, n: int = 64, *, schedule: str = STEPWISE_SCHEDULE, **kwargs) -> dict[str, float]:
+    """Per-attribute exact reward of ``pipe`` steered by ``policy`` (:func:`steering_hook`) on the
+    same ``n`` held-out prompts and noise as :func:`evaluate_backbone` (``kwargs``: its options)."""
+    return evaluate_backbone(pipe, n, callback=steering_hook(policy, schedule), **kwargs)
 
 
 #: The small fixed set the tests re-measure shipped artefacts on (recorded in training_info.json).
