@@ -178,14 +178,9 @@ def _connect_ws(url: str) -> _WS:
 
 @pytest.fixture(scope="module")
 def tiny_policy_name(comfy_base):
-    try:
-        from promptloop.testing import save_tiny_qwen2vl
-    except ImportError:
-        try:
-            from promptloop.testing.policy import save_tiny_qwen2vl
-        except ImportError:
-            pytest.skip("promptloop.testing.save_tiny_qwen2vl is not available")
-    path = save_tiny_qwen2vl(comfy_base / "models" / "promptloop" / "tiny-qwen2vl")
+    from promptloop.testing import save_tiny_qwen2vl
+
+    save_tiny_qwen2vl(comfy_base / "models" / "promptloop" / "tiny-qwen2vl")
     return "tiny-qwen2vl"  # found by the loader node under models/promptloop/
 
 
@@ -194,7 +189,13 @@ TAUGHT = TEXT + ", oil painting"  # what the LoRA adapter below teaches the tiny
 
 @pytest.fixture(scope="module")
 def tiny_adapter_name(comfy_base, tiny_policy_name):
-    """A peft LoRA adapter that teaches the random tiny policy to answer ``TAUGHT``.
+    models = comfy_base / "models" / "promptloop"
+    save_taught_adapter(models / tiny_policy_name, models / "tiny-qwen2vl-lora")
+    return "tiny-qwen2vl-lora"
+
+
+def save_taught_adapter(policy_dir: Path, out: Path) -> Path:
+    """Save a peft LoRA adapter that teaches the random tiny policy to answer ``TAUGHT``.
 
     A random policy only writes garbage (recorded as fallbacks); a few steps of supervised
     fine-tuning on chat inputs built exactly as the policy builds them (preview image included)
@@ -209,7 +210,7 @@ def tiny_adapter_name(comfy_base, tiny_policy_name):
     from promptloop.policies import TransformersPolicy
     from promptloop.refinement import Observation
 
-    policy = TransformersPolicy.from_pretrained(comfy_base / "models" / "promptloop" / tiny_policy_name, device="cpu")
+    policy = TransformersPolicy.from_pretrained(policy_dir, device="cpu")
     torch.manual_seed(0)
     model = get_peft_model(policy.model, LoraConfig(
         r=8, lora_alpha=16, target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]))
@@ -220,29 +221,20 @@ def tiny_adapter_name(comfy_base, tiny_policy_name):
                     Observation(TEXT, TAUGHT, 4, 6, preview=previews[1], history=[TEXT]),
                     Observation(TEXT, TEXT, 1, 10, preview=previews[2])]
     conversations = [policy.messages_for(o) for o in observations]
-    processor = policy.processor
-    prompts = [processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    images = policy._prepare_images(conversations)
-    processor.tokenizer.padding_side = "right"
-    try:
-        full = processor(text=[p + TAUGHT + "<|im_end|>" for p in prompts], images=images, padding=True,
-                         return_tensors="pt")
-        prompt_only = processor(text=prompts, images=images, padding=True, return_tensors="pt")
-    finally:
-        processor.tokenizer.padding_side = "left"
-    labels = full["input_ids"].clone()
-    for i, length in enumerate(prompt_only["attention_mask"].sum(dim=1).tolist()):
-        labels[i, :length] = -100
-    labels[full["attention_mask"] == 0] = -100
+    # Teacher-forced log-probs of the answer after each chat, through the policy's public scoring
+    # path (the inputs it generates from: same chat template, same prepared preview images).
+    answer = policy.tokenizer.encode(TAUGHT + "<|im_end|>", add_special_tokens=False)
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     for _ in range(30):
-        loss = model(**full, labels=labels).loss
+        scored = policy.score(conversations, [answer] * len(conversations), model=model, temperature=1.0,
+                              entropies=False)
+        loss = -(scored.logprobs * scored.mask).sum() / scored.mask.sum()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.save_pretrained(comfy_base / "models" / "promptloop" / "tiny-qwen2vl-lora")
-    return "tiny-qwen2vl-lora"
+    model.save_pretrained(out)
+    return out
 
 
 @pytest.fixture(scope="module")
