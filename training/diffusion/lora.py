@@ -4,7 +4,7 @@
 ``unet.add_adapter`` (the base weights stay frozen) and saves it in two layouts in one folder:
 
 * ``pytorch_lora_weights.safetensors`` (diffusers' layout, with the LoRA config as metadata): a
-  plain pipeline loads it with ``pipe.load_lora_weights(folder)``;
+  plain pipeline loads it with ``pipe.load_lora_weights(folder)``, every module of any target set;
 * ``adapter_model.safetensors`` + ``adapter_config.json`` (peft's layout), which the shared
   training runtime restores into a running trainer when it resumes from a checkpoint.
 """
@@ -67,9 +67,16 @@ class UNetLoRA(nn.Module):
         return {k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self.unet).items()}
 
     def save_pretrained(self, directory: str | Path, pipeline_class: Any = None) -> Path:
-        """Write the adapter for ``pipe.load_lora_weights(directory)`` and for resuming."""
+        """Write the adapter for ``pipe.load_lora_weights(directory)`` and for resuming.
+
+        The keys keep peft's naming (``….lora_A.weight``), as diffusers' own SD3/Flux LoRA scripts
+        save them (``get_peft_model_state_dict`` straight into ``save_lora_weights``). The SD 1.5 /
+        SDXL scripts' extra ``convert_state_dict_to_diffusers`` renames only the attention
+        projections (``to_q.lora.down``), and diffusers' loader converts names only when the first
+        key lacks ``lora_A``: with mixed targets (attention + convolutions) it dropped every
+        attention module with nothing but a peft warning.
+        """
         from diffusers import StableDiffusionPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
         from peft.utils import get_peft_model_state_dict
         from safetensors.torch import save_file
 
@@ -80,7 +87,7 @@ class UNetLoRA(nn.Module):
         config = self.unet.peft_config["default"]
         metadata = config.to_dict()
         metadata["target_modules"] = sorted(metadata["target_modules"])
-        cls.save_lora_weights(directory, unet_lora_layers=convert_state_dict_to_diffusers(state),
+        cls.save_lora_weights(directory, unet_lora_layers=state,
                               unet_lora_adapter_metadata=metadata, safe_serialization=True)
         # peft layout of the same weights, keyed as get_peft_model_state_dict(self) names them
         save_file({k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(self).items()},
@@ -90,7 +97,8 @@ class UNetLoRA(nn.Module):
         return directory
 
     def load_adapter_weights(self, directory: str | Path) -> None:
-        """Load weights saved by :meth:`save_pretrained` (diffusers layout) into this adapter."""
+        """Load weights saved by :meth:`save_pretrained` (diffusers layout, either naming) into this
+        adapter."""
         from diffusers import StableDiffusionPipeline
         from diffusers.utils import convert_unet_state_dict_to_peft
         from peft.utils import set_peft_model_state_dict
