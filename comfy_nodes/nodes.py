@@ -58,11 +58,41 @@ def policy_folders() -> list[str]:
     return list(folder_paths.get_folder_paths(MODEL_FOLDER))
 
 
-def resolve_policy_path(spec: str) -> str:
-    """A local path as given, or ``<a folder of policy_folders()>/<spec>``, or the spec (a hub id)."""
+def hub_unusable(timeout_s: float = 3.0) -> str | None:
+    """Why a hub id cannot be downloaded now (``HF_HUB_OFFLINE``, or the hub does not answer
+    within ``timeout_s``), or None when it can. One request, no retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
+        return "HF_HUB_OFFLINE is set"
+    import httpx
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout_s)
+    except httpx.HTTPError as exc:
+        return f"{constants.ENDPOINT} cannot be reached ({type(exc).__name__}: {str(exc)[:120]})"
+    return None
+
+
+def cached_hub_snapshot(spec: str) -> str | None:
+    """The local Hugging Face cache's snapshot folder of hub id ``spec``, or None."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
+
+    try:
+        return snapshot_download(spec, local_files_only=True)
+    except (HFValidationError, LocalEntryNotFoundError, OSError, ValueError):
+        return None
+
+
+def resolve_policy_path(spec: str, what: str = "policy") -> str:
+    """Where to load ``spec`` from, looking locally first: a path as given, then
+    ``<a folder of policy_folders()>/<spec>``; then, as a hub id, the spec itself (to download)
+    when the hub can be used, else its copy in the Hugging Face cache. Raises
+    :class:`FileNotFoundError` at once (naming the places searched) when none applies."""
     spec = spec.strip()
     if not spec:
-        raise ValueError("policy: give a local directory, a name under models/promptloop/, or a hub id")
+        raise ValueError(f"{what}: give a local directory, a name under models/{MODEL_FOLDER}/, or a hub id")
     expanded = os.path.expanduser(spec)
     if os.path.exists(expanded):
         return expanded
@@ -70,18 +100,27 @@ def resolve_policy_path(spec: str) -> str:
         candidate = os.path.join(folder, spec)
         if os.path.exists(candidate):
             return candidate
-    return spec
+    reason = hub_unusable()
+    if reason is None:
+        return spec
+    cached = cached_hub_snapshot(spec)
+    if cached is not None:
+        return cached
+    raise not_found_error(what, spec, f"not in the Hugging Face cache, and {reason}")
 
 
-def not_found_error(what: str, spec: str, exc: BaseException) -> FileNotFoundError:
-    """The error for a policy/adapter name that is neither local nor loadable from the hub."""
+def not_found_error(what: str, spec: str, why: str) -> FileNotFoundError:
+    """The error for a policy/adapter name found nowhere: the places searched and why the hub did not help."""
     searched = [os.path.abspath(os.path.expanduser(spec))] + [os.path.join(f, spec) for f in policy_folders()]
-    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
     return FileNotFoundError(
         f"{what} {spec!r} not found. Searched: {', '.join(searched)}. Put a policy saved with save_pretrained "
-        f"in ComfyUI/models/{MODEL_FOLDER}/<name>, or give a directory; as a Hugging Face hub id it could not "
-        f"be loaded either ({type(exc).__name__}: {cause[:300]})."
+        f"in ComfyUI/models/{MODEL_FOLDER}/<name>, or give a directory; as a Hugging Face hub id: {why}."
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    return f"it could not be loaded ({type(exc).__name__}: {cause[:300]})"
 
 
 def _comfy_device(choice: str) -> str | None:
@@ -149,7 +188,7 @@ class PromptLoopLoadPolicy:
 
         sampling = SamplingConfig(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
         policy_path = resolve_policy_path(policy)
-        adapter_path = resolve_policy_path(adapter) if adapter.strip() else None
+        adapter_path = resolve_policy_path(adapter, "adapter") if adapter.strip() else None
         kwargs: dict[str, Any] = {"backend": backend, "adapter": adapter_path, "sampling": sampling}
         if backend == "transformers":
             kwargs["device"] = _comfy_device(device)
@@ -160,9 +199,9 @@ class PromptLoopLoadPolicy:
             # A name found nowhere locally was tried as a hub id: say where we looked, not only
             # that the hub could not be reached.
             if not os.path.exists(policy_path):
-                raise not_found_error("policy", policy.strip(), exc) from exc
+                raise not_found_error("policy", policy.strip(), _first_line(exc)) from exc
             if adapter_path is not None and not os.path.exists(adapter_path):
-                raise not_found_error("adapter", adapter.strip(), exc) from exc
+                raise not_found_error("adapter", adapter.strip(), _first_line(exc)) from exc
             raise
         return (loaded,)
 

@@ -17,6 +17,7 @@ from promptloop.comfy_nodes.nodes import (
     PromptLoopRemotePolicy,
     PromptLoopScriptedPolicy,
     PromptLoopTrace,
+    hub_unusable,
     policy_folders,
 )
 from promptloop.comfy_nodes.segments import run_segmented
@@ -157,6 +158,95 @@ def test_policy_and_adapter_found_by_name(comfy_folders, tiny_policy_dir):
     assert os.path.realpath(policy.name_or_path) == os.path.realpath(tiny_policy_dir)
     with pytest.raises(FileNotFoundError, match="adapter 'no-such-lora' not found. Searched: .*no-such-lora"):
         PromptLoopLoadPolicy().load("tiny", "transformers", "no-such-lora", "cpu", "auto", 8, 0.0)
+
+
+def _never(*args, **kwargs):
+    raise AssertionError("must not be called")
+
+
+@pytest.fixture
+def no_loading(monkeypatch):
+    """Fail the test if the node tries to load a model (and so the hub) at all."""
+    import promptloop.policies
+
+    monkeypatch.setattr(promptloop.policies, "load_policy", _never)
+
+
+def test_unknown_name_with_hf_hub_offline_fails_at_once(comfy_folders, no_loading, monkeypatch):
+    """HF_HUB_OFFLINE (the tests set it): no hub request, no model load - the error comes at once."""
+    import httpx
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(httpx, "head", _never)
+    default, extra = comfy_folders
+    with pytest.raises(FileNotFoundError) as info:
+        PromptLoopLoadPolicy().load("org/no-such-policy", "transformers", "", "cpu", "auto", 16, 0.0)
+    message = str(info.value)
+    assert "policy 'org/no-such-policy' not found" in message and "HF_HUB_OFFLINE is set" in message
+    assert os.path.join(str(default), "org/no-such-policy") in message and os.path.join(str(extra), "org/no-such-policy") in message
+
+
+def test_unknown_name_with_the_hub_unreachable_fails_at_once(comfy_folders, no_loading, monkeypatch):
+    """Without HF_HUB_OFFLINE but with no route to the hub: one probe, then the error (was ~47 s of retries)."""
+    import socket
+    import time
+
+    from huggingface_hub import constants
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{closed}")
+    start = time.monotonic()
+    with pytest.raises(FileNotFoundError, match=rf"adapter 'no-such-lora' not found\. Searched: .*127\.0\.0\.1:{closed} cannot be reached"):
+        PromptLoopLoadPolicy().load(os.getcwd(), "transformers", "no-such-lora", "cpu", "auto", 16, 0.0)
+    assert time.monotonic() - start < 10
+
+
+def test_hub_probe_sees_a_hub_that_answers(monkeypatch):
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from huggingface_hub import constants
+
+    class Hub(BaseHTTPRequestHandler):
+        def do_HEAD(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Hub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        assert hub_unusable() is None
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert hub_unusable() == "HF_HUB_OFFLINE is set"
+    finally:
+        server.shutdown()
+
+
+def test_hub_id_in_the_local_cache_is_used_offline(comfy_folders, monkeypatch, tmp_path, tiny_policy_dir):
+    """Offline, a hub id already in the Hugging Face cache loads from there (looked up locally first)."""
+    import shutil
+
+    from huggingface_hub import constants
+
+    revision = "0" * 40
+    repo = tmp_path / "hf-cache" / "models--org--tiny-policy"
+    shutil.copytree(tiny_policy_dir, repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    (policy,) = PromptLoopLoadPolicy().load("org/tiny-policy", "transformers", "", "cpu", "auto", 8, 0.0)
+    assert os.path.realpath(policy.name_or_path) == os.path.realpath(repo / "snapshots" / revision)
 
 
 # -- Remote Policy without its HTTP client -------------------------------------------------------
