@@ -65,6 +65,29 @@ def test_resume_reaches_the_same_adapter_bit_for_bit(finished_run, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)
 
 
+def test_the_last_step_is_checkpointed_and_resuming_a_finished_run_does_no_more_work(finished_run, tmp_path,
+                                                                                   monkeypatch):
+    import shutil
+
+    kind, out, trainer, _ = finished_run
+    last = out / "checkpoint-2"  # max_steps=2: saved at the last step, not only every save_steps
+    assert json.loads((last / "trainer_state.json").read_text())["step"] == 2
+    shutil.copytree(last, tmp_path / "checkpoint-2")
+    cls, trainer_cls, overrides = RUNS[kind]
+    cfg = load_config(cls, None, [f"output_dir={tmp_path / 'resumed'}", *COMMON, *overrides,
+                                  f"resume_from_checkpoint={tmp_path / 'checkpoint-2'}"])
+    resumed = trainer_cls(cfg)
+
+    def no_epoch(step):
+        raise AssertionError(f"epoch {step} repeated after resuming a finished run")
+
+    monkeypatch.setattr(resumed, "epoch", no_epoch)
+    resumed.train()
+    assert resumed.step == 2
+    a, b = trainer.model.lora_state_dict(), resumed.model.lora_state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_adapter_loads_into_a_plain_pipeline_and_runs_with_the_hook(finished_run):
     from helpers import run_kwargs, suffix_policy
     from test_hook import PROMPTS, reference_callback

@@ -282,7 +282,8 @@ class DDPOTrainer:
         return {f"train/{k}": v for k, v in metrics.items()}
 
     def train(self) -> Path:
-        """Run ``max_steps`` epochs (resuming if asked); returns the final adapter folder."""
+        """Run ``max_steps`` epochs (resuming if asked; checkpoints every ``save_steps`` and at the
+        last step); returns the final adapter folder."""
         c = self.config
         rt = self.runtime
         resume = rt.resolve_checkpoint(c.resume_from_checkpoint)
@@ -306,7 +307,8 @@ class DDPOTrainer:
                     rt.log_fingerprint(self.model, self.step)
                 bar.update(1)
                 bar.set_postfix(reward=f"{metrics.get('train/reward_mean', float('nan')):.3f}")
-                if c.save_steps and self.step % c.save_steps == 0 and self.step < c.max_steps:
+                # the last step too (as GRPO), so resuming a finished run repeats no epoch
+                if c.save_steps and (self.step % c.save_steps == 0 or self.step == c.max_steps):
                     rt.save_checkpoint(self.step, self.model, self.optimizer, self.lr_scheduler, self.state())
         finally:
             rt.close()
