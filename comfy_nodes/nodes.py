@@ -361,8 +361,9 @@ class PromptLoopSampler:
                     "default": "evenly:3",
                     "tooltip": "When to refine: fractions of the trajectory '0.2,0.4,0.6', step indices '5,10,15' "
                                "(0-based, refine after that step; the last step never refines), 'evenly:N', "
-                               "'every:K' or 'none'. Steps outside the run are reported on the console and in "
-                               "the trace.",
+                               "'every:K', 'random:N' (N steps drawn per sample) or 'none'. A schedule that does "
+                               "not parse is rejected when the workflow is queued; steps the run does not have "
+                               "only warn (console and trace).",
                 }),
                 "mode": (list(LOOP_MODES), {
                     "default": "sync",
@@ -394,6 +395,21 @@ class PromptLoopSampler:
                 }),
             },
         }
+
+    @classmethod
+    def VALIDATE_INPUTS(cls, schedule=None):
+        """Called by ComfyUI when the workflow is queued: a schedule that does not parse is
+        rejected there (nothing runs, the node is marked with the message). A schedule that
+        parses but does not fit the run (a step past the end, ``evenly:0``) only warns as it runs."""
+        if schedule is None:  # linked from another node's output: checked when the sampler runs
+            return True
+        from promptloop.schedule import RefineSchedule
+
+        try:
+            RefineSchedule.parse(schedule)
+        except ValueError as exc:
+            return str(exc)
+        return True
 
     RETURN_TYPES = ("LATENT", TRACE, "STRING", "CONDITIONING")
     RETURN_NAMES = ("latent", "trace", "final_prompt", "final_positive")

@@ -15,6 +15,10 @@ import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+# What every "bad schedule" error lists: all the forms parse() accepts.
+SCHEDULE_FORMS = ("use step indices '5,10', fractions '0.2,0.5', 'evenly:5', 'every:4', 'random:5', "
+                  "or 'none' for no refinement")
+
 
 @dataclass(frozen=True)
 class RefineSchedule:
@@ -79,14 +83,14 @@ class RefineSchedule:
             try:
                 number = int(arg)
             except ValueError:
-                raise ValueError(f"bad schedule {spec!r}: {kind}: needs an integer") from None
+                raise ValueError(f"bad schedule {spec!r}: {kind}: needs an integer; {SCHEDULE_FORMS}") from None
             if kind == "every":
                 return cls(every=number, spec=spec)
             if kind in ("evenly", "even", "count"):
                 return cls(count=number, spec=spec)
             if kind == "random":
                 return cls(random_count=number, spec=spec)
-            raise ValueError(f"bad schedule {spec!r}: unknown kind {kind!r} (use every:, evenly:, random:)")
+            raise ValueError(f"bad schedule {spec!r}: unknown kind {kind!r}; {SCHEDULE_FORMS}")
         if text.endswith("x") and text[:-1].isdigit():
             return cls(count=int(text[:-1]), spec=spec)
         parts = [p.strip() for p in text.split(",") if p.strip()]
@@ -95,10 +99,7 @@ class RefineSchedule:
                 return cls(steps=tuple(int(p) for p in parts), spec=spec)
             return cls(fractions=tuple(float(p) for p in parts), spec=spec)
         except ValueError:
-            raise ValueError(
-                f"bad schedule {spec!r}: use step indices '5,10', fractions '0.2,0.5', "
-                "'evenly:5', 'every:4' or 'random:5'"
-            ) from None
+            raise ValueError(f"bad schedule {spec!r}: {SCHEDULE_FORMS}") from None
 
     # -- resolution -----------------------------------------------------------------------
     def resolve(self, num_steps: int) -> list[int]:

@@ -136,9 +136,15 @@ def test_trace_node_renders_strip_and_text(tmp_path):
     assert out["ui"]["text"] == [text]
 
 
-def test_resolve_policy_path(tmp_path):
+def test_resolve_policy_path(tmp_path, monkeypatch):
+    from promptloop.comfy_nodes import nodes
+
     assert resolve_policy_path(str(tmp_path)) == str(tmp_path)
+    monkeypatch.setattr(nodes, "hub_unusable", lambda: None)  # a hub that answers: the id is downloaded
     assert resolve_policy_path("Qwen/Qwen2.5-VL-3B-Instruct") == "Qwen/Qwen2.5-VL-3B-Instruct"
+    monkeypatch.setattr(nodes, "hub_unusable", lambda: "HF_HUB_OFFLINE is set")
+    with pytest.raises(FileNotFoundError, match="HF_HUB_OFFLINE is set"):
+        resolve_policy_path("Qwen/Qwen2.5-VL-3B-Instruct")
     with pytest.raises(ValueError):
         resolve_policy_path("  ")
 

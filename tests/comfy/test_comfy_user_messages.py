@@ -105,6 +105,27 @@ def test_schedule_outside_the_run_warns(caplog, schedule, needle):
     assert red_pixels(trace) > 0  # and on the strip
 
 
+@pytest.mark.parametrize("schedule", ["evenly:x", "sometimes:3", "0.2,late"])
+def test_a_schedule_that_does_not_parse_is_rejected_when_queued(schedule):
+    """ComfyUI calls VALIDATE_INPUTS before running anything: the message lists every form, 'none' too."""
+    from promptloop.comfy_nodes.nodes import PromptLoopSampler
+
+    message = PromptLoopSampler.VALIDATE_INPUTS(schedule=schedule)
+    assert isinstance(message, str) and message.startswith(f"bad schedule {schedule!r}")
+    for form in ("'5,10'", "'0.2,0.5'", "'evenly:5'", "'every:4'", "'random:5'", "'none'"):
+        assert form in message
+    tooltip = PromptLoopSampler.INPUT_TYPES()["required"]["schedule"][1]["tooltip"]
+    assert all(form in tooltip for form in ("evenly:N", "every:K", "random:N", "'none'"))
+
+
+@pytest.mark.parametrize("schedule", ["none", "", "25", "evenly:0", "random:2", "0.2,0.5", None])
+def test_schedules_that_parse_pass_validation(schedule):
+    """Including those outside the run: they warn while the run goes on (tests above)."""
+    from promptloop.comfy_nodes.nodes import PromptLoopSampler
+
+    assert PromptLoopSampler.VALIDATE_INPUTS(schedule=schedule) is True
+
+
 # -- step labels ---------------------------------------------------------------------------------
 def test_schedule_1_3_is_labelled_steps_1_and_3():
     (policy,) = PromptLoopScriptedPolicy().build("{current} at {step}")
