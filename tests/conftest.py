@@ -12,6 +12,13 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+def pytest_report_header(config):
+    """Name the float kernels in use: training figures move with them (AVX2 vs AVX-512)."""
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    return (f"torch {torch.__version__}, CPU kernels {torch.backends.cpu.get_cpu_capability()}"
+            f" (ATEN_CPU_CAPABILITY={forced or 'unset'})")
+
+
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():
         return
