@@ -48,3 +48,41 @@ def test_register_user_reward_with_options():
         register_reward("test_prompt_length")(lambda: None)
     with pytest.raises(KeyError, match="unknown reward"):
         get_reward("no_such_reward")
+
+
+def test_another_package_registers_a_reward_through_its_entry_point(tmp_path, monkeypatch):
+    """A reward from an installed package's ``promptloop.rewards`` entry point, no list edited."""
+    import sys
+
+    from promptloop.rewards import registry
+
+    (tmp_path / "my_rewards_pkg.py").write_text(
+        "from promptloop.rewards import register_reward\n"
+        "@register_reward('prompt_length_from_pkg')\n"
+        "def factory():\n"
+        "    return lambda images, prompts, metadata=None: [float(len(p)) for p in prompts]\n")
+    dist = tmp_path / "my_rewards_pkg-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-rewards-pkg\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[promptloop.rewards]\nlength = my_rewards_pkg\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", False)
+    monkeypatch.delitem(registry._REGISTRY, "prompt_length_from_pkg", raising=False)
+    try:
+        assert "prompt_length_from_pkg" in available_rewards()
+        assert get_reward("prompt_length_from_pkg")([None, None], ["ab", "abcd"]) == [2.0, 4.0]
+    finally:
+        registry._REGISTRY.pop("prompt_length_from_pkg", None)
+        sys.modules.pop("my_rewards_pkg", None)
+
+
+def test_the_registry_imports_no_reward_module():
+    """Built-ins register from the package's __init__; the registry module imports none of them."""
+    import ast
+    import inspect
+
+    from promptloop.rewards import registry
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(registry)))
+                if isinstance(node, ast.ImportFrom) and node.module}
+    assert not {m for m in imported if m.startswith("promptloop")}

@@ -56,13 +56,13 @@ def register_reward(name: str, *, overwrite: bool = False) -> Callable[[RewardFa
 
 def available_rewards() -> list[str]:
     """Names of the registered rewards, sorted."""
-    _load_builtins()
+    _load_entry_points()
     return sorted(_REGISTRY)
 
 
 def get_reward(name: str, **options: Any) -> Reward:
     """Build the reward registered as ``name`` with its factory's keyword ``options``."""
-    _load_builtins()
+    _load_entry_points()
     try:
         factory = _REGISTRY[name]
     except KeyError:
@@ -130,13 +130,24 @@ def load_reward(spec: str | Mapping[str, float],
     return CombinedReward.from_spec(spec, options)
 
 
-_BUILTINS_LOADED = False
+ENTRY_POINT_GROUP = "promptloop.rewards"
+_ENTRY_POINTS_LOADED = False
 
 
-def _load_builtins() -> None:
-    """Import the built-in reward modules (they register themselves) on first use."""
-    global _BUILTINS_LOADED
-    if _BUILTINS_LOADED:
+def _load_entry_points() -> None:
+    """Import rewards that other installed packages declare, once.
+
+    A package registers its rewards without touching PromptLoop by naming the module that calls
+    :func:`register_reward` in its ``pyproject.toml``::
+
+        [project.entry-points."promptloop.rewards"]
+        my_reward = "my_package.rewards"
+    """
+    global _ENTRY_POINTS_LOADED
+    if _ENTRY_POINTS_LOADED:
         return
-    _BUILTINS_LOADED = True
-    from promptloop.rewards import aesthetic, clip, hps, imagereward, jpeg, quality, shapes  # noqa: F401
+    _ENTRY_POINTS_LOADED = True
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        entry.load()
