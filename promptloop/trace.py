@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import html
 import json
-import textwrap
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -190,17 +189,28 @@ class Trace:
         return _HTML.format(title=html.escape(title), meta=meta, rows="".join(rows))
 
     def render_strip(
-        self, *, thumb: int = 128, images: list[Image.Image] | None = None, max_chars: int = 160
+        self, *, thumb: int = 128, images: list[Image.Image] | None = None, max_chars: int | None = None,
+        font_size: int | None = None,
     ) -> Image.Image:
         """A PNG-ready strip: one row per sample, one column per refinement (+ final image).
 
         Under each preview: its :func:`step_label`, why the prompt was kept (in red) when the
-        policy's answer was not used, and the prompt. The run's ``meta["warnings"]`` (e.g. a
-        schedule outside the run) are written in red under the rows.
+        policy's answer was not used, and the prompt, word-wrapped to the column (never cut,
+        unless ``max_chars`` is given). The run's ``meta["warnings"]`` (e.g. a schedule outside
+        the run) are written in red under the rows. Text is set in :func:`strip_font` at
+        ``font_size`` pixels (default: a size that stays readable next to ``thumb``).
         """
-        font = ImageFont.load_default()
-        wrap = max(12, thumb // 6)
-        line_h = 14
+        size = font_size or max(13, round(thumb / 8))
+        font = strip_font(size)
+        line_h = round(size * 1.3)
+        pad = max(6, size // 2)
+        text_w = max(thumb, 16 * size)  # about 30 characters a line, however small the thumbnails
+        cell_w = text_w + 2 * pad
+        label_w = 12 * size
+
+        def cut(text: str) -> str:
+            return text if max_chars is None or len(text) <= max_chars else text[:max_chars] + "..."
+
         rows: list[list[tuple[Image.Image | None, list[str], list[str], list[str]]]] = []
         for s in range(self.num_samples):
             cells = []
@@ -208,41 +218,75 @@ class Trace:
                 label = [step_label(e.step, e.num_steps)]
                 if e.applied_step is not None and e.applied_step != e.step:
                     label.append(f"applied after step {e.applied_step}")
-                reason = textwrap.wrap("kept: " + _reason(e), wrap, max_lines=3) if e.fallback else []
-                cells.append((e.preview, label, reason, textwrap.wrap(e.prompt_after[:max_chars], wrap)))
+                reason = wrap_text("kept: " + _reason(e), font, text_w) if e.fallback else []
+                cells.append((e.preview, label, reason, wrap_text(cut(e.prompt_after), font, text_w)))
             if images and s < len(images):
-                cells.append((images[s], ["final"], [], textwrap.wrap(self.final_prompts()[s][:max_chars], wrap)))
+                cells.append((images[s], ["final"], [], wrap_text(cut(self.final_prompts()[s]), font, text_w)))
             rows.append(cells)
+        originals = [wrap_text(f"#{s}: " + cut(self.original_prompts[s]), font, label_w - 2 * pad)
+                     for s in range(self.num_samples)]
         columns = max([len(r) for r in rows] + [1])
-        lines = max([len(label) + len(reason) + len(prompt) for r in rows for _, label, reason, prompt in r] + [2])
-        cell_w, cell_h = thumb + 12, thumb + line_h * lines + 12
-        label_w = 140
         width = label_w + columns * cell_w
-        notes = [line for w in self.meta.get("warnings", []) for line in textwrap.wrap("warning: " + str(w), width // 6)]
-        height = max(1, self.num_samples) * cell_h + (line_h * len(notes) + 8 if notes else 0)
+        row_h = []
+        for s, cells in enumerate(rows):
+            lines = max([len(label) + len(reason) + len(prompt) for _, label, reason, prompt in cells] + [2])
+            row_h.append(max(thumb + 2 * pad + line_h * lines, line_h * len(originals[s]) + 2 * pad))
+        notes = [line for w in self.meta.get("warnings", []) for line in wrap_text("warning: " + str(w), font, width - 2 * pad)]
+        height = max(1, sum(row_h)) + (line_h * len(notes) + 2 * pad if notes else 0)
         canvas = Image.new("RGB", (width, height), "white")
         draw = ImageDraw.Draw(canvas)
+        y = 0
         for s, cells in enumerate(rows):
-            y = s * cell_h
-            draw.multiline_text(
-                (4, y + 4), textwrap.fill(f"#{s}: " + self.original_prompts[s][:max_chars], 22), fill="black", font=font
-            )
+            for i, line in enumerate(originals[s]):
+                draw.text((pad, y + pad + i * line_h), line, fill="black", font=font)
             for c, (img, label, reason, prompt) in enumerate(cells):
-                x = label_w + c * cell_w
+                x = label_w + c * cell_w + pad
                 if img is not None:
-                    canvas.paste(_thumbnail(img, thumb), (x + 6, y + 4))
+                    canvas.paste(_thumbnail(img, thumb), (x, y + pad))
                 else:
-                    draw.rectangle((x + 6, y + 4, x + 6 + thumb, y + 4 + thumb), outline="gray")
-                ty = y + thumb + 8
-                for text, colour in [(label, "black"), (reason, "firebrick"), (prompt, "black")]:
+                    draw.rectangle((x, y + pad, x + thumb, y + pad + thumb), outline="gray")
+                ty = y + thumb + pad + pad // 2
+                for text, colour in [(label, "dimgray"), (reason, "firebrick"), (prompt, "black")]:
                     for line in text:
-                        draw.text((x + 6, ty), line, fill=colour, font=font)
+                        draw.text((x, ty), line, fill=colour, font=font)
                         ty += line_h
-        y = max(1, self.num_samples) * cell_h + 4
+            y += row_h[s]
+        y += pad
         for line in notes:
-            draw.text((4, y), line, fill="firebrick", font=font)
+            draw.text((pad, y), line, fill="firebrick", font=font)
             y += line_h
         return canvas
+
+
+def strip_font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """The strip's font: the TrueType sans-serif Pillow ships (Aileron, Pillow >= 10.1 with
+    FreeType, as in Pillow's wheels) at ``size`` pixels; Pillow's small bitmap font otherwise."""
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1: no size argument
+        return ImageFont.load_default()
+
+
+def wrap_text(text: str, font: ImageFont.FreeTypeFont | ImageFont.ImageFont, width: float) -> list[str]:
+    """``text`` in lines no wider than ``width`` pixels in ``font``: broken between words, and
+    inside a word only when the word alone is wider. Nothing is dropped."""
+    lines: list[str] = []
+    for paragraph in text.splitlines() or [""]:
+        line = ""
+        for word in paragraph.split():
+            candidate = f"{line} {word}" if line else word
+            if font.getlength(candidate) <= width:
+                line = candidate
+                continue
+            if line:
+                lines.append(line)
+            while font.getlength(word) > width and len(word) > 1:
+                cut = next(n for n in range(len(word), 0, -1) if font.getlength(word[:n]) <= width or n == 1)
+                lines.append(word[:cut])
+                word = word[cut:]
+            line = word
+        lines.append(line)
+    return lines
 
 
 def _thumbnail(img: Image.Image, size: int) -> Image.Image:

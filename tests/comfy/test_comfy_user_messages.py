@@ -85,6 +85,31 @@ def test_a_working_policy_writes_no_warning_and_no_red(caplog):
     assert "warnings" not in trace.meta
 
 
+# -- the strip's text -----------------------------------------------------------------------------
+def test_strip_text_is_a_truetype_font_wrapped_never_cut():
+    """Readable in the page: a real font at a size that follows the thumbnails, long prompts and
+    reasons wrapped between words with nothing dropped (it was Pillow's 6 px bitmap font, cut)."""
+    from PIL import ImageFont
+
+    from promptloop.trace import strip_font, wrap_text
+
+    font = strip_font(16)
+    assert isinstance(font, ImageFont.FreeTypeFont) and font.size == 16
+    reason = ("kept: error: RemoteError: cannot reach http://127.0.0.1:8000/refine after 3 attempts "
+              "(ConnectError: connection refused)")
+    lines = wrap_text(reason, font, 200)
+    assert len(lines) > 2 and " ".join(lines) == reason
+    assert all(font.getlength(line) <= 200 for line in lines)
+    assert wrap_text("x" * 80, font, 100) and "".join(wrap_text("x" * 80, font, 100)) == "x" * 80
+
+    def strip_for(answer: str):
+        (policy,) = PromptLoopScriptedPolicy().build(answer)
+        return sample(policy, "2").render_strip(thumb=128)
+
+    short, long = strip_for("a red fox, detailed"), strip_for("a red fox, " + "very " * 60 + "detailed")
+    assert long.width == short.width and long.height > short.height + 5 * 16  # wrapped, not cut
+
+
 # -- schedules outside the run ------------------------------------------------------------------
 @pytest.mark.parametrize(("schedule", "needle"), [
     ("25", "step 25 never refines"),
