@@ -66,7 +66,7 @@ def test_another_package_registers_a_reward_through_its_entry_point(tmp_path, mo
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: my-rewards-pkg\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[promptloop.rewards]\nlength = my_rewards_pkg\n")
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setattr(registry, "_ENTRY_POINTS_LOADED", False)
+    monkeypatch.setattr(registry, "_ENTRY_POINTS_READ", False)
     monkeypatch.delitem(registry._REGISTRY, "prompt_length_from_pkg", raising=False)
     try:
         assert "prompt_length_from_pkg" in available_rewards()

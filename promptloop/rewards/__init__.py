@@ -5,11 +5,12 @@
 >>> scores = reward(images, prompts)                         # one float per image
 
 Register your own with :func:`register_reward` (or from another package, through the
-``promptloop.rewards`` entry-point group). The built-in rewards register themselves when this
-package is imported; the registry itself imports none of them. This package never imports
-``training``.
+``promptloop.rewards`` entry-point group). This package names its built-in reward modules; they
+are imported, and register themselves, when a reward is first listed or built; the registry itself
+imports none of them. This package never imports ``training``.
 """
 
+from promptloop.rewards import registry as _registry
 from promptloop.rewards.registry import (
     CombinedReward,
     Reward,
@@ -18,10 +19,13 @@ from promptloop.rewards.registry import (
     load_reward,
     parse_reward_spec,
     register_reward,
+    register_reward_module,
 )
 
-# The built-ins: each module registers its rewards on import (weights load only when built).
-from promptloop.rewards import aesthetic, clip, hps, imagereward, jpeg, quality, shapes  # noqa: E402, F401, I001
+# The built-ins: each module registers its rewards when first needed (weights load only when built).
+for _module in ("aesthetic", "clip", "hps", "imagereward", "jpeg", "quality", "shapes"):
+    _registry.register_reward_module(f"promptloop.rewards.{_module}")
+del _module
 
 __all__ = [
     "CombinedReward",
@@ -31,4 +35,5 @@ __all__ = [
     "load_reward",
     "parse_reward_spec",
     "register_reward",
+    "register_reward_module",
 ]

@@ -9,6 +9,7 @@ and combined with weights from a spec string such as ``"jpeg_compressibility:1.0
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -56,13 +57,13 @@ def register_reward(name: str, *, overwrite: bool = False) -> Callable[[RewardFa
 
 def available_rewards() -> list[str]:
     """Names of the registered rewards, sorted."""
-    _load_entry_points()
+    _import_pending()
     return sorted(_REGISTRY)
 
 
 def get_reward(name: str, **options: Any) -> Reward:
     """Build the reward registered as ``name`` with its factory's keyword ``options``."""
-    _load_entry_points()
+    _import_pending()
     try:
         factory = _REGISTRY[name]
     except KeyError:
@@ -131,23 +132,29 @@ def load_reward(spec: str | Mapping[str, float],
 
 
 ENTRY_POINT_GROUP = "promptloop.rewards"
-_ENTRY_POINTS_LOADED = False
+_PENDING_MODULES: list[str] = []
+_ENTRY_POINTS_READ = False
 
 
-def _load_entry_points() -> None:
-    """Import rewards that other installed packages declare, once.
+def register_reward_module(module: str) -> None:
+    """Import ``module`` (which registers its rewards) the first time rewards are listed or built.
 
-    A package registers its rewards without touching PromptLoop by naming the module that calls
-    :func:`register_reward` in its ``pyproject.toml``::
+    The package's ``__init__`` names the built-ins this way, so importing :mod:`promptloop.rewards`
+    stays cheap (no torch) and this module imports none of them. Other packages need no call: they
+    declare their module in the ``promptloop.rewards`` entry-point group of their ``pyproject.toml``::
 
         [project.entry-points."promptloop.rewards"]
         my_reward = "my_package.rewards"
     """
-    global _ENTRY_POINTS_LOADED
-    if _ENTRY_POINTS_LOADED:
-        return
-    _ENTRY_POINTS_LOADED = True
-    from importlib.metadata import entry_points
+    _PENDING_MODULES.append(module)
 
-    for entry in entry_points(group=ENTRY_POINT_GROUP):
-        entry.load()
+
+def _import_pending() -> None:
+    global _ENTRY_POINTS_READ
+    if not _ENTRY_POINTS_READ:
+        _ENTRY_POINTS_READ = True
+        from importlib.metadata import entry_points
+
+        _PENDING_MODULES.extend(entry.value for entry in entry_points(group=ENTRY_POINT_GROUP))
+    while _PENDING_MODULES:
+        importlib.import_module(_PENDING_MODULES.pop(0))
