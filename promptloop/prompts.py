@@ -27,14 +27,12 @@ def load_prompts(spec: str | Sequence[str], *, heldout: bool = False) -> list[st
     """Prompts from a list, a text file (one per line, ``#`` comments), ``tiny``/``tiny-heldout``
     (the built-in tiny prompts split 15 for training / 5 held out) or ``shapes[:N]`` /
     ``shapes-heldout[:N]`` (ShapesWorld user prompts: RL training scenes / held-out scenes)."""
-    from promptloop.testing.prompts import TINY_PROMPTS
-
     if not isinstance(spec, str):
         return [str(p) for p in spec]
-    if spec in ("tiny", "tiny-train"):
-        return TINY_PROMPTS[:15]
-    if spec == "tiny-heldout":
-        return TINY_PROMPTS[15:]
+    if spec in ("tiny", "tiny-train", "tiny-heldout"):
+        from promptloop.testing.prompts import TINY_PROMPTS  # imports diffusers: only when needed
+
+        return TINY_PROMPTS[15:] if spec == "tiny-heldout" else TINY_PROMPTS[:15]
     if spec.startswith("shapes"):
         return _shapes_prompts(spec)
     path = Path(spec)

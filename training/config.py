@@ -13,12 +13,24 @@ TRL's ``GRPOConfig`` where they apply (``num_generations``, ``beta``, ``epsilon`
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
+
+from promptloop.validation import (
+    ConfigError,
+    check_choice,
+    check_dtype,
+    check_model,
+    check_prompts,
+    check_ranges,
+    check_rewards,
+    check_schedule,
+)
 
 C = TypeVar("C", bound="TrainConfig")
 
@@ -99,17 +111,67 @@ class TrainConfig:
     #: ``output_dir/fingerprints-{rank}.jsonl`` (checks that processes stay in sync).
     log_fingerprints: bool = False
 
-    # -- helpers ----------------------------------------------------------------------------
-    def validate(self) -> None:
-        """Raise ``ValueError`` for inconsistent values."""
-        if self.max_steps < 0:
-            raise ValueError("max_steps must be >= 0")
-        if self.gradient_accumulation_steps < 1:
-            raise ValueError("gradient_accumulation_steps must be >= 1")
-        if self.mode not in ("sync", "async", "ahead"):
-            raise ValueError(f"mode must be sync, async or ahead, not {self.mode!r}")
-        if self.mixed_precision not in ("no", "fp16", "bf16"):
-            raise ValueError("mixed_precision must be no, fp16 or bf16")
+    # -- validation -------------------------------------------------------------------------
+    #: Interval of every numeric field (``None``: any finite number); subclasses add theirs.
+    RANGES: ClassVar[dict[str, str | None]] = {
+        "seed": ">= 0", "max_steps": ">= 0", "num_inference_steps": ">= 1", "guidance_scale": ">= 0",
+        "height": ">= 8", "width": ">= 8", "preview_size": ">= 1", "learning_rate": "> 0",
+        "adam_beta1": "[0, 1)", "adam_beta2": "[0, 1)", "weight_decay": ">= 0", "adam_epsilon": "> 0",
+        "warmup_steps": ">= 0", "gradient_accumulation_steps": ">= 1", "max_grad_norm": ">= 0",
+        "lora_r": ">= 1", "lora_alpha": "> 0", "lora_dropout": "[0, 1)", "save_steps": ">= 0",
+        "save_total_limit": ">= 1", "logging_steps": ">= 0", "eval_steps": ">= 0", "eval_num_prompts": ">= 1",
+    }
+
+    def validate(self, *, inputs: bool = True) -> None:
+        """Raise :class:`~promptloop.validation.ConfigError` (a ``ValueError``) for the first field
+        that cannot work: values out of range or inconsistent (:meth:`check_values`), then, with
+        ``inputs``, prompt files and local model paths that do not exist and reward specs the
+        registry does not resolve (:meth:`check_inputs`). Nothing is loaded."""
+        self.check_values()
+        if inputs:
+            self.check_inputs()
+        # Last: the names come from transformers, whose import is slow; other errors come first.
+        from transformers.trainer_utils import SchedulerType
+
+        check_choice("lr_scheduler_type", self.lr_scheduler_type, [s.value for s in SchedulerType])
+
+    def check_values(self) -> None:
+        """Ranges (:attr:`RANGES`), choices and consistency of the values."""
+        ranges: dict[str, str | None] = {}
+        for cls in reversed(type(self).__mro__):
+            ranges.update(vars(cls).get("RANGES", {}))
+        hints = typing.get_type_hints(type(self))
+        check_ranges(self, ranges, integers=[name for name in ranges if int in _types(hints[name])])
+        check_choice("mixed_precision", self.mixed_precision, ("no", "fp16", "bf16"))
+        check_choice("device", self.device, ("auto", "cpu", "cuda"))
+        check_choice("report_to", self.report_to, ("tensorboard", "none"))
+        check_dtype("dtype", self.dtype)
+        if self.height % 8 or self.width % 8:
+            name = "height" if self.height % 8 else "width"
+            raise ConfigError(name, getattr(self, name), "must be a multiple of 8")
+        if not self.output_dir or not isinstance(self.output_dir, str):
+            raise ConfigError("output_dir", self.output_dir, "must be a folder name")
+        if not self.lora_target_modules or not all(isinstance(m, str) and m for m in self.lora_target_modules):
+            raise ConfigError("lora_target_modules", self.lora_target_modules, "must be a non-empty list of module names")
+        if not isinstance(self.reward_options, Mapping):
+            raise ConfigError("reward_options", self.reward_options, "must map reward names to their options")
+
+    def check_inputs(self) -> None:
+        """Files and folders exist, model specs resolve, the reward spec resolves in the registry.
+        (Ordered so that a missing file is reported before the slower imports of the registry.)"""
+        if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
+            raise ConfigError("output_dir", self.output_dir, "is a file, not a folder")
+        if self.resume_from_checkpoint not in (None, "latest"):
+            from promptloop.training.runtime import _STATE_FILE
+
+            if not (Path(self.resume_from_checkpoint) / _STATE_FILE).is_file():
+                raise ConfigError("resume_from_checkpoint", self.resume_from_checkpoint,
+                                  f"is not a checkpoint folder (no {_STATE_FILE}); or use latest")
+        check_prompts("prompts", self.prompts)
+        check_model("backbone", self.backbone, kind="backbone")
+        if self.init_adapter is not None:
+            check_model("init_adapter", self.init_adapter, kind="adapter")
+        check_rewards("reward", self.reward, self.reward_options)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,19 +216,35 @@ class GRPOConfig(TrainConfig):
     #: reward hacking, e.g. ``shapes_fidelity``); logged as ``eval/metric/<name>``.
     eval_metrics: list[str] = field(default_factory=list)
 
-    def validate(self) -> None:
-        super().validate()
-        if self.loss_type not in ("grpo", "dr_grpo", "dapo"):
-            raise ValueError(f"loss_type must be grpo, dr_grpo or dapo, not {self.loss_type!r}")
-        if self.num_generations < 2:
-            raise ValueError("num_generations must be >= 2 (advantages are relative to the group)")
-        if self.num_iterations < 1:
-            raise ValueError("num_iterations must be >= 1")
-        if self.temperature <= 0:
-            raise ValueError("temperature must be > 0 for training (sampling)")
-        if self.rollout_backend not in ("transformers", "vllm"):
-            raise ValueError("rollout_backend must be transformers or vllm")
-        normalise_scale_rewards(self.scale_rewards)
+    RANGES: ClassVar[dict[str, str | None]] = {
+        "per_device_prompts": ">= 1", "num_generations": ">= 2", "beta": ">= 0", "epsilon": "> 0",
+        "epsilon_high": "> 0", "num_iterations": ">= 1", "max_completion_length": ">= 1", "temperature": "> 0",
+        "top_p": "(0, 1]", "fallback_penalty": ">= 0", "eval_temperature": ">= 0",
+    }
+
+    def check_values(self) -> None:
+        super().check_values()
+        check_choice("loss_type", self.loss_type, ("grpo", "dr_grpo", "dapo"))
+        check_choice("rollout_backend", self.rollout_backend, ("transformers", "vllm"))
+        check_choice("mode", self.mode, ("sync", "async", "ahead"))
+        from promptloop.preview import PREVIEW_KINDS
+
+        check_choice("preview", self.preview, PREVIEW_KINDS)
+        check_schedule("schedule", self.schedule, refine=True)
+        check_schedule("eval_schedule", self.eval_schedule)
+        try:
+            normalise_scale_rewards(self.scale_rewards)
+        except ValueError:
+            raise ConfigError("scale_rewards", self.scale_rewards, "must be group, batch or none") from None
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        check_model("policy", self.policy, kind="policy")
+        check_prompts("eval_prompts", self.eval_prompts)
+        if not isinstance(self.eval_metrics, list):
+            raise ConfigError("eval_metrics", self.eval_metrics, "must be a list of reward names")
+        if self.eval_metrics:
+            check_rewards("eval_metrics", self.eval_metrics)
 
     @property
     def clip_high(self) -> float:
@@ -185,6 +263,11 @@ def normalise_scale_rewards(value: str | bool) -> str:
     if text == "batch":
         return "batch"
     raise ValueError(f"scale_rewards must be group, batch or none, not {value!r}")
+
+
+def _types(annotation: Any) -> tuple[Any, ...]:
+    """The types an annotation admits (``int | None`` -> ``(int, NoneType)``)."""
+    return typing.get_args(annotation) or (annotation,)
 
 
 # -- loading ----------------------------------------------------------------------------------
@@ -250,24 +333,41 @@ def _parse_yaml_scalar(text: str) -> Any:
     return yaml.safe_load(text)
 
 
-def config_from_dict(cls: type[C], data: Mapping[str, Any]) -> C:
-    """Build ``cls`` from a mapping, converting types and rejecting unknown keys."""
+def config_from_dict(cls: type[C], data: Mapping[str, Any], *, check_inputs: bool = False) -> C:
+    """Build ``cls`` from a mapping, converting types, rejecting unknown keys and validating
+    (:meth:`TrainConfig.validate`: values always; files, model paths and rewards with ``check_inputs``).
+
+    Raises :class:`~promptloop.validation.ConfigError` naming the first bad field."""
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"unknown {cls.__name__} field(s): {', '.join(unknown)}; "
-                         f"known fields: {', '.join(sorted(known))}")
+    known = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            hint = f"did you mean {close[0]}?" if close else f"see `--help` for the {len(known)} fields"
+            raise ConfigError(str(key), data[key], f"unknown {cls.__name__} field; {hint}")
     values = {}
     for key, value in data.items():
         try:
             values[key] = _coerce(value, hints[key], key)
-        except (TypeError, ValueError) as exc:
-            message = str(exc)
-            raise ValueError(message if message.startswith(f"{key}:") else f"{key}: {message}") from None
+        except (TypeError, ValueError):
+            raise ConfigError(key, value, f"expected {_type_name(hints[key])}") from None
     config = cls(**values)
-    config.validate()
+    config.validate(inputs=check_inputs)
     return config
+
+
+def _type_name(annotation: Any) -> str:
+    """``int | None`` -> ``"int or null"``, ``list[str]`` -> ``"a list of str"``."""
+    if annotation is type(None):
+        return "null"
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(annotation)[0])}"
+    if origin is dict:
+        return "a mapping"
+    if typing.get_args(annotation):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string"}.get(annotation, str(annotation))
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
@@ -276,28 +376,35 @@ def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"bad override {item!r}: use key=value")
+            raise ConfigError("--set", item, "use key=value")
         out[key.strip()] = value
     return out
 
 
 def load_config(cls: type[C], path: str | os.PathLike | None = None,
-                overrides: Sequence[str] | Mapping[str, Any] = ()) -> C:
-    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides."""
+                overrides: Sequence[str] | Mapping[str, Any] = (), *, check_inputs: bool = False) -> C:
+    """Defaults, then the YAML file at ``path`` (if any), then ``key=value`` overrides, validated
+    (:func:`config_from_dict`; ``check_inputs``: also files, model paths and the reward spec, as
+    ``promptloop train`` and the trainers do)."""
     import yaml
 
     data: dict[str, Any] = {}
     if path is not None:
-        loaded = yaml.safe_load(Path(path).read_text()) or {}
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as exc:
+            raise ConfigError("--config", str(path), exc.strerror or "cannot be read") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError("--config", str(path), f"is not valid YAML ({getattr(exc, 'problem', None) or exc})") from None
         if not isinstance(loaded, Mapping):
-            raise ValueError(f"{path}: the top level must be a mapping of config fields")
+            raise ConfigError("--config", str(path), "the top level must be a mapping of config fields")
         data.update(loaded)
     if isinstance(overrides, Mapping):
         data.update(overrides)
     else:
         for key, value in parse_overrides(overrides).items():
             data[key] = _override_value(value)
-    return config_from_dict(cls, data)
+    return config_from_dict(cls, data, check_inputs=check_inputs)
 
 
 def _override_value(text: str) -> Any:

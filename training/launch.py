@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from promptloop.training.config import TrainConfig, load_config
+from promptloop.validation import exit_on_config_error
 
 
 def run_trainer(config_cls: type[TrainConfig], trainer_path: str, config: Path | None, overrides: list[str],
@@ -20,10 +21,8 @@ def run_trainer(config_cls: type[TrainConfig], trainer_path: str, config: Path |
     extra = list(overrides)
     if resume:
         extra.append(f"resume_from_checkpoint={resume}")
-    try:
-        cfg = load_config(config_cls, config, extra)
-    except (ValueError, TypeError) as exc:
-        raise typer.BadParameter(str(exc)) from None
+    with exit_on_config_error():  # the whole config is checked before anything loads: one line, exit 2
+        cfg = load_config(config_cls, config, extra, check_inputs=True)
     if print_config:
         typer.echo(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         return

@@ -12,6 +12,8 @@ from types import ModuleType
 
 import torch
 
+from promptloop.validation import looks_local
+
 
 def require(module: str, *, package: str, reward: str) -> ModuleType:
     """Import ``module`` or raise an ImportError that names the pip package the reward needs."""
@@ -23,17 +25,13 @@ def require(module: str, *, package: str, reward: str) -> ModuleType:
             f"`pip install {package}` or `pip install 'promptloop[rewards]'`") from exc
 
 
-def _looks_local(source: str) -> bool:
-    return source.startswith(("/", ".", "~")) or source.count("/") > 1 or "\\" in source
-
-
 def check_source(source: str | Path, *, reward: str, option: str = "path") -> str:
     """Return ``source`` as a string; raise FileNotFoundError for a local-looking path that is missing.
 
     Anything else (``org/name``) is left to the hub client, which reports its own errors.
     """
     text = str(source)
-    if not Path(text).expanduser().exists() and _looks_local(text):
+    if not Path(text).expanduser().exists() and looks_local(text):
         raise FileNotFoundError(f"{reward!r} reward: {option}={text!r} does not exist")
     return str(Path(text).expanduser()) if Path(text).expanduser().exists() else text
 

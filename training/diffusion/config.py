@@ -8,15 +8,18 @@ checkpoints, logging, reward) and load the same way::
 Field names follow ddpo-pytorch's config where they apply (``sample_batch_size``,
 ``timestep_fraction``, ``clip_range``, ``adv_clip_max``, ``num_inner_epochs``, ``eta``); the
 policy/loop fields of :class:`TrainConfig` (``policy``, ``schedule``, ``mode``, ``preview``) are
-not used by these trainers.
+not used by these trainers, and not checked. ``validate()`` checks every other field before anything
+loads (:attr:`RANGES` per class, then the consistency rules of :meth:`check_values`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from promptloop.training.config import TrainConfig
 from promptloop.training.diffusion.lora import DEFAULT_UNET_TARGETS
+from promptloop.validation import ConfigError, check_choice, check_prompts
 
 OBJECTIVES = ("is", "sf", "rwr")
 
@@ -69,22 +72,29 @@ class DDPOConfig(TrainConfig):
     #: ``eval_steps`` epochs (0: never).
     eval_num_seeds: int = 2
 
-    def validate(self) -> None:
-        super().validate()
-        if self.eta <= 0:
-            raise ValueError("eta must be > 0 (DDIM with eta = 0 has no log-probability)")
-        if self.objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, not {self.objective!r}")
+    RANGES: ClassVar[dict[str, str | None]] = {
+        "eta": "> 0", "sample_batch_size": ">= 1", "sample_num_batches_per_epoch": ">= 1", "train_batch_size": ">= 1",
+        "num_inner_epochs": ">= 1", "timestep_fraction": "(0, 1]", "clip_range": "> 0", "adv_clip_max": "> 0",
+        "stat_buffer_size": ">= 1", "stat_min_count": ">= 1", "rwr_temperature": "> 0", "eval_num_seeds": ">= 1",
+        "max_grad_norm": "> 0",  # always clipped (0 would zero the gradients)
+    }
+
+    def check_values(self) -> None:
+        super().check_values()
+        check_choice("objective", self.objective, OBJECTIVES)
         if self.objective == "sf" and self.num_inner_epochs != 1:
-            raise ValueError("objective 'sf' is on-policy: use num_inner_epochs: 1 (or objective 'is')")
-        if not 0 < self.timestep_fraction <= 1:
-            raise ValueError("timestep_fraction must be in (0, 1]")
-        for name in ("sample_batch_size", "sample_num_batches_per_epoch", "train_batch_size", "num_inner_epochs",
-                     "num_inference_steps"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if self.clip_range <= 0 or self.adv_clip_max <= 0:
-            raise ValueError("clip_range and adv_clip_max must be > 0")
+            raise ConfigError("num_inner_epochs", self.num_inner_epochs,
+                              "objective 'sf' is on-policy: use num_inner_epochs: 1 (or objective 'is')")
+        if self.per_prompt_stat_tracking and self.stat_min_count > self.stat_buffer_size:
+            raise ConfigError("stat_min_count", self.stat_min_count,
+                              f"must be <= stat_buffer_size ({self.stat_buffer_size}), or it is never reached")
+        if not isinstance(self.negative_prompt, str):
+            raise ConfigError("negative_prompt", self.negative_prompt, "must be a string")
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        if self.eval_steps:  # held-out prompts are loaded only when there is an evaluation
+            check_prompts("eval_prompts", self.eval_prompts)
 
 
 @dataclass
@@ -126,16 +136,23 @@ class B2Config(DDPOConfig):
     objective: str = "is"
     per_prompt_stat_tracking: bool = False  # B² uses its stage history instead
 
-    def validate(self) -> None:
-        super().validate()
+    RANGES: ClassVar[dict[str, str | None]] = {
+        "schedule_stages": ">= 1", "split_step_min": ">= 1", "split_step_max": ">= 1", "num_branches": ">= 2",
+        "history_stages": ">= 0", "pos_threshold": None, "neg_threshold": None, "pos_weight": ">= 0",
+        "neg_weight": ">= 0",
+    }
+
+    def check_values(self) -> None:
+        super().check_values()
         if self.objective != "is":
-            raise ValueError("B2-DiffuRL trains with the DDPO-IS objective (objective: is)")
-        if not 1 <= self.split_step_min <= self.split_step_max <= self.num_inference_steps:
-            raise ValueError("need 1 <= split_step_min <= split_step_max <= num_inference_steps")
-        if self.num_branches < 2:
-            raise ValueError("num_branches must be >= 2 (selection compares siblings)")
+            raise ConfigError("objective", self.objective, "B2-DiffuRL trains with the DDPO-IS objective (objective: is)")
+        if self.split_step_max > self.num_inference_steps:
+            raise ConfigError("split_step_max", self.split_step_max,
+                              f"must be <= num_inference_steps ({self.num_inference_steps})")
+        if self.split_step_min > self.split_step_max:
+            raise ConfigError("split_step_min", self.split_step_min, f"must be <= split_step_max ({self.split_step_max})")
         if self.neg_threshold > self.pos_threshold:
-            raise ValueError("neg_threshold must be <= pos_threshold")
+            raise ConfigError("neg_threshold", self.neg_threshold, f"must be <= pos_threshold ({self.pos_threshold})")
 
 
 __all__ = ["B2Config", "DDPOConfig", "OBJECTIVES"]
