@@ -12,6 +12,19 @@ def _split(text: str | None) -> list[str] | None:
     return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
 
 
+def _split_ints(text: str | None) -> list[int] | None:
+    """``"0,1,2"`` -> ``[0, 1, 2]``; a part that is not an integer is a ConfigError naming ``--seeds``."""
+    from promptloop.validation import ConfigError
+
+    parts = _split(text)
+    if parts is None:
+        return None
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ConfigError("--seeds", text, "must be integers separated by commas, e.g. 0,1,2") from None
+
+
 def eval_command(
     config: Annotated[Path | None, typer.Option(
         "--config", "-c", exists=True, dir_okay=False,
@@ -43,6 +56,8 @@ def eval_command(
 
     Writes OUT/results.md (mean ± 95% half-width), OUT/results.csv, OUT/rewards.png and
     OUT/strips/<row>.png; each (row, seed) cell is saved under OUT/cells/ and reused by the next run.
+    Rows and settings are checked before any model loads (ranges, prompt files, reward names,
+    local model paths): a bad one ends with exit status 2 and one line naming it.
 
     Example:
 
@@ -55,26 +70,33 @@ def eval_command(
         typer.secho('error: `promptloop eval` draws its plot with matplotlib, which is not installed: '
                     'pip install "promptloop[eval]" (in a checkout: bash scripts/install.sh)', fg="red", err=True)
         raise typer.Exit(1) from None
-    from promptloop.evaluation.config import load_eval_config
-    from promptloop.evaluation.rows import standard_rows
+    from promptloop.evaluation.config import check_eval, load_eval_config
+    from promptloop.evaluation.rows import MODES, standard_rows
     from promptloop.evaluation.runner import evaluate
     from promptloop.evaluation.settings import EvalSettings
+    from promptloop.validation import ConfigError, check_choice, check_schedule, exit_on_config_error
 
-    rows, raw = load_eval_config(config) if config else ([], {})
-    if backbone:
-        rows += standard_rows(backbone, policy=policy, policy_adapter=policy_adapter,
-                              backbone_adapter=backbone_adapter, schedule=schedule, mode=mode)
-    elif policy or policy_adapter or backbone_adapter:
-        raise typer.BadParameter("--policy/--policy-adapter/--backbone-adapter need --backbone")
-    if not rows:
-        raise typer.BadParameter("nothing to evaluate: give --config with rows, or --backbone")
-    overrides = {"prompts": prompts, "seeds": _split(seeds), "rewards": _split(rewards), "num_inference_steps": steps,
-                 "guidance_scale": guidance, "height": size, "width": size, "batch_size": batch_size,
-                 "num_strips": num_strips, "device": device}
-    raw.update({k: v for k, v in overrides.items() if v is not None})
-    raw.setdefault("prompts", "tiny-heldout")
-    raw.setdefault("seeds", [0, 1, 2])
-    raw.setdefault("rewards", ["jpeg_compressibility"])
+    with exit_on_config_error():  # everything is checked before a model loads: one line, exit 2
+        rows, raw = load_eval_config(config) if config else ([], {})
+        if backbone:
+            check_choice("--mode", mode, MODES)
+            check_schedule("--schedule", schedule)
+            if policy_adapter and not policy:
+                raise ConfigError("--policy-adapter", policy_adapter, "needs --policy")
+            rows += standard_rows(backbone, policy=policy, policy_adapter=policy_adapter,
+                                  backbone_adapter=backbone_adapter, schedule=schedule, mode=mode)
+        elif policy or policy_adapter or backbone_adapter:
+            raise ConfigError("--backbone", backbone, "--policy/--policy-adapter/--backbone-adapter need --backbone")
+        if not rows:
+            raise ConfigError("--backbone", backbone, "nothing to evaluate: give --config with rows, or --backbone")
+        overrides = {"prompts": prompts, "seeds": _split_ints(seeds), "rewards": _split(rewards),
+                     "num_inference_steps": steps, "guidance_scale": guidance, "height": size, "width": size,
+                     "batch_size": batch_size, "num_strips": num_strips, "device": device}
+        raw.update({k: v for k, v in overrides.items() if v is not None})
+        raw.setdefault("prompts", "tiny-heldout")
+        raw.setdefault("seeds", [0, 1, 2])
+        raw.setdefault("rewards", ["jpeg_compressibility"])
+        check_eval(rows, raw)
     settings = EvalSettings(**raw)
     report = evaluate(rows, settings, out, progress=not quiet)
     reused = len(report.cells) - len(report.computed)

@@ -119,10 +119,25 @@ class TrainingJob:
                 rows.setdefault(row["step"], {}).update(row)
         return rows
 
+    @property
+    def config_file(self) -> Path:
+        return CONFIGS / f"{self.kind}_shapes.yaml"
+
+    def settings(self) -> list[str]:
+        """The run's ``--set`` overrides."""
+        return [f"seed={self.seed}", f"output_dir={self.out}", "progress=false", *self.overrides]
+
+    def check(self) -> None:
+        """Validate the run's config as ``promptloop train`` will, without loading anything."""
+        from promptloop.training.config import GRPOConfig, load_config
+        from promptloop.training.diffusion.config import DDPOConfig
+
+        load_config(GRPOConfig if self.kind == "grpo" else DDPOConfig, self.config_file, self.settings(),
+                    check_inputs=True)
+
     def command(self) -> list[str]:
-        config = CONFIGS / f"{self.kind}_shapes.yaml"
-        cmd = [sys.executable, "-m", "promptloop.cli", "train", self.kind, "--config", str(config)]
-        for item in [f"seed={self.seed}", f"output_dir={self.out}", "progress=false", *self.overrides]:
+        cmd = [sys.executable, "-m", "promptloop.cli", "train", self.kind, "--config", str(self.config_file)]
+        for item in self.settings():
             cmd += ["--set", item]
         if any(p.name.startswith("checkpoint-") for p in self.out.glob("checkpoint-*")):
             cmd += ["--resume", "latest"]
@@ -230,15 +245,23 @@ def shapes(
 ) -> None:
     """The alignment experiment on ShapesWorld (docs/experiment.md): GRPO step-wise vs one-shot vs
     no refinement, DDPO composition, generalisation to backbone B, held-out metric and costs."""
-    if preset not in PRESETS:
-        raise typer.BadParameter(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-    settings = dataclasses.replace(REDUCED if reduced else PRESETS[preset])
-    if parallel:
-        settings.parallel = parallel
+    from promptloop.validation import check_choice, check_model, check_number, exit_on_config_error
+
+    with exit_on_config_error():  # every run's config is checked before anything trains: one line, exit 2
+        check_choice("--preset", preset, sorted(PRESETS))
+        check_choice("--stage", stage, ("train", "eval", "report", "all"))
+        if parallel is not None:
+            check_number("--parallel", parallel, ">= 1", integer=True)
+        settings = dataclasses.replace(REDUCED if reduced else PRESETS[preset])
+        if parallel:
+            settings.parallel = parallel
+        jobs = training_jobs(settings, out / "train")
+        for job in jobs:
+            job.check()
+        check_model("backbone_b", settings.backbone_b, kind="backbone")
     out.mkdir(parents=True, exist_ok=True)
     (out / "settings.json").write_text(json.dumps(dataclasses.asdict(settings), indent=2))
     start = time.perf_counter()
-    jobs = training_jobs(settings, out / "train")
     if stage in ("train", "all"):
         typer.echo(f"training {len(jobs)} runs, {settings.parallel} at a time ...")
         run_trainings(jobs, parallel=settings.parallel, echo=typer.echo)
