@@ -114,3 +114,31 @@ def test_bad_schedule_is_a_clear_error(tmp_path):
                                  "--steps", "3"])
     assert result.exit_code != 0
     assert "schedule" in str(result.exception or result.output)
+
+
+def test_bad_training_config_exits_2_with_one_line_and_no_trainer_imported(tmp_path):
+    """The real entry point in a fresh process: each bad config is one stderr line and exit status 2,
+    and no trainer module (hence no model) was even imported."""
+    cases = [["grpo", "--set", "learning_rate=-0.001"],
+             ["ddpo", "--set", f"prompts={tmp_path}/missing.txt"],
+             ["b2", "--set", "reward=jpeg_compressibility:1,no_such_reward:0.5"],
+             ["grpo", "--set", f"backbone={tmp_path}/no-such-backbone"]]
+    code = (
+        "import sys\n"
+        "from promptloop.cli import app\n"
+        f"for args in {cases!r}:\n"
+        "    try:\n"
+        "        app(['train', *args, '--set', 'output_dir=" + str(tmp_path / "run") + "'])\n"
+        "    except SystemExit as exc:\n"
+        "        print('EXIT', exc.code)\n"
+        "trainers = ('promptloop.training.grpo.trainer', 'promptloop.training.diffusion.ddpo',\n"
+        "            'promptloop.training.diffusion.b2')\n"
+        "print('IMPORTED', [m for m in trainers if m in sys.modules])\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["EXIT", "2"] * 4 + ["IMPORTED", "[]"], (done.stdout, done.stderr)
+    lines = done.stderr.strip().splitlines()
+    assert "Traceback" not in done.stderr and len(lines) == 4, done.stderr
+    for line, needle in zip(lines, ["learning_rate=-0.001", "prompts=", "no_such_reward", "no-such-backbone"]):
+        assert line.startswith("error: ") and needle in line, line
+    assert not (tmp_path / "run").exists()

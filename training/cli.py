@@ -49,6 +49,9 @@ def grpo(
     the final adapter to OUTPUT_DIR/adapter, loadable with
     TransformersPolicy.from_pretrained(base, adapter=...), VLLMPolicy and `promptloop serve --adapter`.
 
+    The whole config (values, prompt files, reward spec, local model paths) is checked before
+    anything loads: a bad field ends the command with exit status 2 and one line naming it.
+
     Several processes or GPUs: run this module with `accelerate launch`.
     """
     run_trainer(GRPOConfig, "promptloop.training.grpo.trainer:GRPOTrainer", config, overrides, resume, print_config)

@@ -8,6 +8,11 @@ TRL's ``GRPOConfig`` where they apply (``num_generations``, ``beta``, ``epsilon`
 :class:`TrainConfig` the same way.
 
     config = load_config(GRPOConfig, "training/configs/grpo_tiny.yaml", ["learning_rate=1e-4"])
+
+:meth:`TrainConfig.validate` checks every field before anything loads (numeric intervals in each
+class's ``RANGES``, choices, consistency; with ``inputs`` also prompt files, local model paths and the
+reward spec) and raises :class:`~promptloop.validation.ConfigError` naming the first bad field;
+``promptloop train`` prints it as one line and exits with status 2.
 """
 
 from __future__ import annotations
