@@ -2,7 +2,8 @@
 (:class:`~promptloop.policies.http.HTTPPolicy`, :class:`~promptloop.policies.openai.OpenAIChatPolicy`);
 no web framework needed.
 
-* Images travel as base64 PNG or JPEG (a ``data:image/...;base64,`` prefix is accepted).
+* Images travel as base64 PNG or JPEG (a ``data:image/...;base64,`` prefix is accepted; a
+  phone's multi-picture JPEG, MPO, is read as its first picture).
 * Latents travel as base64 safetensors holding one tensor (named ``latents`` by convention),
   shaped ``(B, C, h, w)`` or, for FLUX, packed ``(B, h*w/4, C*4)``.
 * Prompt embeddings come back as base64 safetensors with ``prompt_embeds`` and, for SDXL and
@@ -20,11 +21,13 @@ import io
 import re
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 
 from PIL import Image
 
 _DATA_URL = re.compile(r"^data:[\w.+-]+/[\w.+-]+(?:;[\w=.+-]+)*;base64,", re.IGNORECASE)
 IMAGE_FORMATS = ("PNG", "JPEG", "WEBP")
+_JPEG_VARIANTS = ("MPO",)  # multi-picture JPEG: decoded as its first picture
 
 
 class PayloadError(ValueError):
@@ -70,36 +73,56 @@ def image_data_url(image: Image.Image, *, format: str = "PNG") -> str:
     return f"data:image/{format.lower()};base64,{encode_image(image, format=format)}"
 
 
-def decode_image(
-    data: str, *, field: str = "image", max_bytes: int | None = None, max_pixels: int | None = None
-) -> Image.Image:
-    """Base64 PNG/JPEG/WebP -> RGB PIL image, with size limits checked before decoding pixels."""
-    raw = b64decode(data, field=field, max_bytes=max_bytes)
+@contextmanager
+def _image_errors(field: str):
+    """PIL's errors (and decompression-bomb warnings) as :class:`PayloadError`."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(raw))
-            if image.format not in IMAGE_FORMATS:
-                raise PayloadError(
-                    f"unsupported image format {image.format}; send PNG or JPEG", status=415, field=field
-                )
-            width, height = image.size
-            if width < 1 or height < 1:
-                raise PayloadError("image has no pixels", status=422, field=field)
-            if max_pixels is not None and width * height > max_pixels:
-                raise PayloadError(
-                    f"image is {width}x{height} = {width * height} pixels, more than the limit {max_pixels}",
-                    status=413,
-                    field=field,
-                )
-            image.load()
+            yield
     except PayloadError:
         raise
     except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise PayloadError(f"image too large: {exc}", status=413, field=field) from None
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for corrupt data
         raise PayloadError(f"not a decodable PNG or JPEG image ({type(exc).__name__}: {exc})", field=field) from None
-    return image.convert("RGB")
+
+
+def open_image(
+    data: str, *, field: str = "image", max_bytes: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """Base64 PNG/JPEG/WebP -> a PIL image whose header is read and checked (format, size) but
+    whose pixels are not decoded yet (:func:`load_image` does that). A multi-picture JPEG (MPO,
+    what phone cameras write) is a JPEG: its first picture is the image."""
+    raw = b64decode(data, field=field, max_bytes=max_bytes)
+    with _image_errors(field):
+        image = Image.open(io.BytesIO(raw))
+        if image.format not in IMAGE_FORMATS and image.format not in _JPEG_VARIANTS:
+            raise PayloadError(f"unsupported image format {image.format}; send PNG or JPEG", status=415, field=field)
+        width, height = image.size
+        if width < 1 or height < 1:
+            raise PayloadError("image has no pixels", status=422, field=field)
+        if max_pixels is not None and width * height > max_pixels:
+            raise PayloadError(
+                f"image is {width}x{height} = {width * height} pixels, more than the limit {max_pixels}",
+                status=413,
+                field=field,
+            )
+    return image
+
+
+def load_image(image: Image.Image, *, field: str = "image") -> Image.Image:
+    """Decode the pixels of an :func:`open_image` image (the first picture of an MPO) as RGB."""
+    with _image_errors(field):
+        image.load()
+        return image.convert("RGB")
+
+
+def decode_image(
+    data: str, *, field: str = "image", max_bytes: int | None = None, max_pixels: int | None = None
+) -> Image.Image:
+    """Base64 PNG/JPEG/WebP -> RGB PIL image, with size limits checked before decoding pixels."""
+    return load_image(open_image(data, field=field, max_bytes=max_bytes, max_pixels=max_pixels), field=field)
 
 
 def encode_tensors(tensors: Mapping[str, object]) -> str:
@@ -155,4 +178,6 @@ __all__ = [
     "encode_latents",
     "encode_tensors",
     "image_data_url",
+    "load_image",
+    "open_image",
 ]
