@@ -74,7 +74,12 @@ def serve(
         envvar="PROMPTLOOP_ADMIN_KEY", help="Key for /admin endpoints (default: --api-key; without either "
         "they are off).")] = None,
     max_body_mb: Annotated[float, typer.Option(help="Largest request body, MiB (413 beyond).")] = 32.0,
-    max_image_pixels: Annotated[int, typer.Option(help="Largest preview image, pixels (413 beyond).")] = 2048 * 2048,
+    max_image_pixels: Annotated[int, typer.Option(
+        help="Largest preview image, or image a latent decodes to, pixels (413 beyond); latents are decoded in "
+        "slices of this many pixels.")] = 2048 * 2048,
+    max_request_pixels: Annotated[int, typer.Option(
+        help="Most pixels of one request's preview images, or of the images its latents decode to, in all "
+        "(413 beyond).")] = 4 * 2048 * 2048,
     max_batch: Annotated[int, typer.Option(help="Most items in one /refine request.")] = 64,
     max_input_tokens: Annotated[int | None, typer.Option(
         help="Longest policy input in tokens, images included (413 beyond; default: the model's context "
@@ -82,7 +87,8 @@ def serve(
     request_timeout: Annotated[float, typer.Option(help="Seconds to answer one request (504 beyond).")] = 120.0,
     max_concurrency: Annotated[int, typer.Option(help="Most open requests (503 beyond).")] = 512,
     max_new_tokens: Annotated[int, typer.Option(help="Default token budget of a refinement.")] = 96,
-    temperature: Annotated[float, typer.Option(help="Default sampling temperature (0: greedy).")] = 0.0,
+    temperature: Annotated[float, typer.Option(
+        help="Default sampling temperature: 0 (greedy) or 0.01 to 2.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Default nucleus sampling p.")] = 1.0,
     seed: Annotated[int | None, typer.Option(help="Default sampling seed.")] = None,
     dtype: Annotated[str, typer.Option(help="Policy dtype: auto, float32, float16, bfloat16.")] = "auto",
@@ -128,7 +134,7 @@ def serve(
             openai_api_key=openai_api_key, backbones=_named(backbone, "backbone"), backbone_device=backbone_device,
             backbone_dtype=backbone_dtype, preview=preview, preview_size=preview_size, host=host, port=port,
             api_key=api_key, admin_key=admin_key, max_body_bytes=int(max_body_mb * 2**20),
-            max_image_pixels=max_image_pixels, max_batch=max_batch, max_input_tokens=max_input_tokens,
+            max_image_pixels=max_image_pixels, max_request_pixels=max_request_pixels, max_batch=max_batch, max_input_tokens=max_input_tokens,
             request_timeout_s=request_timeout,
             max_concurrency=max_concurrency, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
             seed=seed, dtype=dtype, max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,

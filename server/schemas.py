@@ -1,28 +1,58 @@
-"""Request and response bodies of the sidecar (pydantic; they make the OpenAPI docs)."""
+"""Request and response bodies of the sidecar (pydantic; they make the OpenAPI docs).
+
+Requests are validated strictly: no coercion between JSON types (``"step": true`` or ``4.0`` is
+not an integer, ``"yes"`` not a boolean; an integer is still a number) and no ``NaN`` or
+infinite numbers (JSON ``NaN``, ``Infinity``, ``1e400``).
+"""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Every request body: strict types, finite numbers, no unknown fields.
+_STRICT = {"extra": "forbid", "strict": True, "allow_inf_nan": False}
+
+#: The sampling temperatures every backend handles alike: 0 (greedy) or [MIN_TEMPERATURE,
+#: MAX_TEMPERATURE]. vLLM refuses above 2 and raises anything below 0.01 to 0.01; transformers
+#: overflows to inf/nan on tiny positive temperatures (logits / 1e-45).
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 2.0
+
+
+def check_temperature(value: float | None) -> float | None:
+    """``value`` if it is 0 or in [MIN_TEMPERATURE, MAX_TEMPERATURE]; ValueError otherwise."""
+    if value is not None and value != 0 and not MIN_TEMPERATURE <= value <= MAX_TEMPERATURE:
+        raise ValueError(
+            f"temperature must be 0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got {value!r}"
+        )
+    return value
 
 
 class Sampling(BaseModel):
     """Per-request decoding overrides; unset fields keep the server's defaults."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(**_STRICT)
 
-    temperature: float | None = Field(None, ge=0.0, le=5.0, description="0 means greedy decoding.")
+    temperature: float | None = Field(
+        None, ge=0.0, le=MAX_TEMPERATURE,
+        description=f"0 means greedy decoding; otherwise between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}.",
+    )
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     max_new_tokens: int | None = Field(None, ge=1, description="Capped by the server's limit.")
     seed: int | None = Field(None, ge=0, le=2**63 - 1)
     return_logprobs: bool | None = Field(None, description="Return generated token ids and their log-probs.")
 
+    @field_validator("temperature")
+    @classmethod
+    def _temperature_range(cls, value: float | None) -> float | None:
+        return check_temperature(value)
+
 
 class RefineItem(BaseModel):
     """One sample to refine."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(**_STRICT)
 
     prompt: str = Field(..., description="The user's original prompt.")
     current_prompt: str | None = Field(None, description="The prompt in force now (default: `prompt`).")
@@ -46,7 +76,7 @@ class RefineRequest(BaseModel):
     """
 
     model_config = ConfigDict(
-        extra="forbid",
+        **_STRICT,
         json_schema_extra={
             "examples": [
                 {"prompt": "a cat on a sofa", "step": 9, "num_steps": 50, "image": "<base64 PNG>"},
@@ -151,7 +181,7 @@ class RefineResponse(BaseModel):
 class PlanRequest(BaseModel):
     """`POST /plan`: write all refinement prompts up front (``ahead`` mode, no preview)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(**_STRICT)
 
     prompts: list[str] = Field(..., min_length=1)
     steps: list[int] = Field(..., min_length=1, max_length=64)
@@ -171,7 +201,7 @@ class PlanResponse(BaseModel):
 class AdapterRequest(BaseModel):
     """`POST /admin/adapter`: load an adapter and/or make it the default."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(**_STRICT)
 
     name: str | None = Field(..., description="Adapter name; null switches to the base model.")
     path: str | None = Field(None, description="Directory of a peft LoRA adapter to (re)load under `name`.")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from .schemas import check_temperature
+
 BACKENDS = ("auto", "vllm", "transformers", "openai")
 
 
@@ -24,7 +26,10 @@ class Settings:
     Limits
         Bodies over ``max_body_bytes`` get 413 before they are read; images over
         ``max_image_pixels``, latents that would decode to more than ``max_image_pixels`` and
-        latents over ``max_latent_elements`` get 413; so does a policy input (chat text plus
+        latents over ``max_latent_elements`` get 413; so does a request whose preview images,
+        or the images its latents decode to, hold more than ``max_request_pixels`` in all
+        (checked before anything is decoded; latents are decoded in slices of at most
+        ``max_image_pixels``, one slice at a time); so does a policy input (chat text plus
         image tokens) over ``max_input_tokens`` (default: the model's context length less the
         request's ``max_new_tokens``; vllm and transformers backends); one request is answered
         within ``request_timeout_s`` (504 otherwise); a client that sends nothing for
@@ -51,6 +56,7 @@ class Settings:
 
     max_body_bytes: int = 32 * 2**20
     max_image_pixels: int = 2048 * 2048
+    max_request_pixels: int = 4 * 2048 * 2048
     max_latent_elements: int = 16 * 2**20
     max_batch: int = 64
     max_prompt_chars: int = 4000
@@ -93,6 +99,9 @@ class Settings:
             raise ValueError(f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
         if self.preview not in ("vae", "linear"):
             raise ValueError("preview must be 'vae' or 'linear'")
+        check_temperature(self.temperature)
+        if min(self.max_image_pixels, self.max_request_pixels) < 1:
+            raise ValueError("max_image_pixels and max_request_pixels must be positive")
         if self.adapter is not None and self.adapter not in self.adapters and self.backend != "openai":
             raise ValueError(f"default adapter {self.adapter!r} is not among the adapters given")
 
