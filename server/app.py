@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import sys
 import time
 from contextlib import asynccontextmanager
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from fastapi import Depends, FastAPI, Request
@@ -34,7 +36,7 @@ import promptloop
 from promptloop.policies.base import InputTooLongError, SamplingConfig
 from promptloop.preview import LATENT_FORMATS
 from promptloop.refinement import Observation, Refinement
-from promptloop.wire import PayloadError, decode_image, decode_latents, encode_tensors
+from promptloop.wire import PayloadError, decode_latents, encode_tensors, load_image, open_image
 
 from .backbones import BackboneStore
 from .engine import DEFAULT, AdapterError, Engine, build_engine
@@ -70,6 +72,17 @@ def _error_response(status: int, error: str, detail: str, headers: dict[str, str
     # A message may quote client text: lone surrogates in it become escapes (JSON must be UTF-8).
     detail = detail.encode("utf-8", "backslashreplace").decode("utf-8")
     return JSONResponse({"error": error, "detail": detail, "status": status}, status_code=status, headers=headers)
+
+
+def _unparsable_body(cause: BaseException) -> str:
+    """What was wrong with a JSON body that FastAPI could not parse (its own message is generic)."""
+    if isinstance(cause, RecursionError):
+        return "JSON body nested too deeply to parse"
+    if isinstance(cause, UnicodeDecodeError):
+        return f"request body is not valid UTF-8 ({cause.reason} at byte {cause.start})"
+    if isinstance(cause, ValueError) and "integer string conversion" in str(cause):
+        return f"JSON body holds an integer with more than {sys.get_int_max_str_digits()} digits"
+    return f"could not parse the JSON body ({type(cause).__name__}: {str(cause)[:200]})"
 
 
 # -- body limits and slow clients (pure ASGI, before any parsing) --------------------------------
@@ -266,6 +279,8 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 400 and exc.__cause__ is not None:  # FastAPI: the body did not parse
+            return _error_response(400, "invalid_json", _unparsable_body(exc.__cause__))
         return _error_response(exc.status_code, "http_error", str(exc.detail), getattr(exc, "headers", None))
 
     @app.exception_handler(Exception)
@@ -370,6 +385,25 @@ def create_app(
                            f"{where}: lone surrogate U+{ord(value[surrogate]):04X} at character {surrogate} "
                            "(not valid Unicode text)")
 
+    def decode_previews(body: RefineRequest, items: list) -> list[Any]:
+        """The items' preview images: every header is read and the request's pixels are
+        counted before any image is decoded."""
+        opened = [
+            open_image(item.image, field=f"items[{i}].image" if body.items is not None else "image",
+                       max_bytes=settings.max_body_bytes, max_pixels=settings.max_image_pixels)
+            if item.image is not None else None
+            for i, item in enumerate(items)
+        ]
+        total = sum(image.width * image.height for image in opened if image is not None)
+        if total > settings.max_request_pixels:
+            raise PayloadError(
+                f"the request's {sum(image is not None for image in opened)} preview images hold {total} pixels "
+                f"in all, more than this server's limit per request {settings.max_request_pixels} "
+                "(max_request_pixels)", status=413, field="image",
+            )
+        return [load_image(image, field=f"items[{i}].image" if body.items is not None else "image")
+                if image is not None else None for i, image in enumerate(opened)]
+
     async def call_policy(call):
         """Await the engine's refine/plan, turning the policy's failures into answers."""
         try:
@@ -442,8 +476,10 @@ def create_app(
             ready=state["ready"],
             limits={
                 "max_body_bytes": settings.max_body_bytes, "max_image_pixels": settings.max_image_pixels,
+                "max_request_pixels": settings.max_request_pixels,
                 "max_latent_elements": settings.max_latent_elements, "max_batch": settings.max_batch,
-                "max_prompt_chars": settings.max_prompt_chars, "max_new_tokens": settings.max_new_tokens_limit,
+                "max_prompt_chars": settings.max_prompt_chars, "max_history": settings.max_history,
+                "max_new_tokens": settings.max_new_tokens_limit,
                 "max_input_tokens": engine.input_token_limit() if engine is not None else settings.max_input_tokens,
                 "request_timeout_s": settings.request_timeout_s,
             },
@@ -494,17 +530,13 @@ def create_app(
                     status=413, field="latent",
                 )
             latents = backbone.check_latents(latents, len(items), height=body.height, width=body.width,
-                                             max_pixels=settings.max_image_pixels)
-            previews = await loop.run_in_executor(None, backbone.decode, latents)
+                                             max_pixels=settings.max_image_pixels,
+                                             max_request_pixels=settings.max_request_pixels)
+            previews = await loop.run_in_executor(
+                None, partial(backbone.decode, latents, slice_pixels=settings.max_image_pixels)
+            )
         else:
-            def decode_all():
-                return [
-                    decode_image(item.image, field=f"items[{i}].image" if body.items is not None else "image",
-                                 max_bytes=settings.max_body_bytes, max_pixels=settings.max_image_pixels)
-                    if item.image is not None else None
-                    for i, item in enumerate(items)
-                ]
-            previews = await loop.run_in_executor(None, decode_all)
+            previews = await loop.run_in_executor(None, decode_previews, body, items)
         embed_backbone = None
         if body.return_embeddings:
             embed_backbone = store.resolve(body.backbone, body.latent_format, purpose="return_embeddings")

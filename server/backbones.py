@@ -18,6 +18,10 @@ from promptloop.wire import PayloadError
 
 logger = logging.getLogger("promptloop.server")
 
+#: The latent dtypes the server decodes (cast to the VAE's dtype); float8, integer, boolean and
+#: complex latents are refused.
+LATENT_DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
 
 @dataclass
 class HeldBackbone:
@@ -51,22 +55,33 @@ class HeldBackbone:
 
     def check_latents(
         self, latents: torch.Tensor, batch: int, *, height: int | None, width: int | None,
-        max_pixels: int | None = None,
+        max_pixels: int | None = None, max_request_pixels: int | None = None,
     ) -> torch.Tensor:
         """Validate a client latent and return it as (B, C, h, w) model-space latents.
 
-        With ``max_pixels``, a latent whose decoded image (``h x w`` times the VAE's scale factor
-        squared) would exceed it is refused (413) before anything is decoded.
+        Its dtype and rank are checked first (a float type the VAE decodes; ``(B, C, h, w)``, or
+        packed ``(B, seq, C*4)`` for FLUX), then its shape. A latent whose decoded images would
+        exceed ``max_pixels`` each (``h x w`` times the VAE's scale factor squared) or
+        ``max_request_pixels`` in all is refused (413) before anything is decoded.
         """
         fmt = self.latent_format
-        if not torch.is_floating_point(latents):
-            raise PayloadError(f"latent dtype {latents.dtype} is not floating point", status=422, field="latent")
+        if latents.dtype not in LATENT_DTYPES:
+            allowed = ", ".join(str(d).removeprefix("torch.") for d in LATENT_DTYPES)
+            raise PayloadError(
+                f"latent dtype {str(latents.dtype).removeprefix('torch.')} is not supported; send {allowed}",
+                status=422, field="latent",
+            )
+        if latents.ndim != 4 and not (latents.ndim == 3 and fmt.packed):
+            expected = "(B, C, h, w)" + (" or packed (B, seq, C*4)" if fmt.packed else "")
+            raise PayloadError(
+                f"latent must be {expected}, got shape {tuple(latents.shape)}", status=422, field="latent"
+            )
         if latents.shape[0] != batch:
             raise PayloadError(
                 f"latent batch size {latents.shape[0]} does not match the {batch} item(s) of the request",
                 status=422, field="latent",
             )
-        if latents.ndim == 3 and fmt.packed:
+        if latents.ndim == 3:
             _, seq, packed = latents.shape
             if packed != fmt.channels * 4:
                 raise PayloadError(
@@ -84,11 +99,6 @@ class HeldBackbone:
             elif math.isqrt(seq) ** 2 != seq:
                 raise PayloadError("non-square packed latent: give 'height' and 'width'", status=422, field="latent")
             latents = self.adapter.unpack_latents(self.pipe, latents, height, width)
-        elif latents.ndim != 4:
-            expected = "(B, C, h, w)" + (" or packed (B, seq, C*4)" if fmt.packed else "")
-            raise PayloadError(
-                f"latent must be {expected}, got shape {tuple(latents.shape)}", status=422, field="latent"
-            )
         if latents.shape[1] != fmt.channels:
             raise PayloadError(
                 f"{fmt.name} latents have {fmt.channels} channels, got shape {tuple(latents.shape)}",
@@ -96,21 +106,42 @@ class HeldBackbone:
             )
         if min(latents.shape[-2:]) < 1:
             raise PayloadError(f"empty latent of shape {tuple(latents.shape)}", status=422, field="latent")
-        scale = getattr(self.pipe, "vae_scale_factor", 8)
-        decoded_height, decoded_width = latents.shape[-2] * scale, latents.shape[-1] * scale
-        if max_pixels is not None and decoded_height * decoded_width > max_pixels:
+        decoded_height, decoded_width = self.decoded_size(latents)
+        pixels = decoded_height * decoded_width
+        if max_pixels is not None and pixels > max_pixels:
             raise PayloadError(
                 f"latent of shape {tuple(latents.shape)} decodes to a {decoded_width}x{decoded_height} image, "
-                f"{decoded_width * decoded_height} pixels, more than the limit {max_pixels} (max_image_pixels)",
+                f"{pixels} pixels, more than the limit {max_pixels} (max_image_pixels)",
+                status=413, field="latent",
+            )
+        total = pixels * latents.shape[0]
+        if max_request_pixels is not None and total > max_request_pixels:
+            raise PayloadError(
+                f"latent of shape {tuple(latents.shape)} decodes to {latents.shape[0]} images of "
+                f"{decoded_width}x{decoded_height}, {total} pixels in all, more than this server's limit per "
+                f"request {max_request_pixels} (max_request_pixels)",
                 status=413, field="latent",
             )
         if not torch.isfinite(latents).all():
             raise PayloadError("latent contains NaN or infinite values", status=422, field="latent")
         return latents
 
-    def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        with self._lock, torch.inference_mode():
-            return self.decoder().decode(latents)
+    def decoded_size(self, latents: torch.Tensor) -> tuple[int, int]:
+        """(height, width) of the images that (B, C, h, w) ``latents`` decode to."""
+        scale = getattr(self.pipe, "vae_scale_factor", 8)
+        return latents.shape[-2] * scale, latents.shape[-1] * scale
+
+    def decode(self, latents: torch.Tensor, *, slice_pixels: int | None = None) -> list[Image.Image]:
+        """Decode (B, C, h, w) ``latents`` to previews, in slices of as many latents as decode to
+        at most ``slice_pixels`` (at least one); one slice at a time across all callers, so the
+        decoder's peak memory is that of one slice, whatever the batch and the concurrency."""
+        height, width = self.decoded_size(latents)
+        per_slice = len(latents) if slice_pixels is None else max(1, slice_pixels // (height * width))
+        images: list[Image.Image] = []
+        for part in latents.split(per_slice):
+            with self._lock, torch.inference_mode():
+                images.extend(self.decoder().decode(part))
+        return images
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
         with self._lock, torch.inference_mode():
