@@ -100,7 +100,8 @@ def server_settings(policy_dir, adapter_dir, backbone_dir, backend: str, **overr
     kwargs = dict(
         policy=str(policy_dir), backend=backend, adapters={"oil": str(adapter_dir)}, adapter=None,
         api_key=API_KEY, admin_key=ADMIN_KEY, backbones={"sd": str(backbone_dir)},
-        max_body_bytes=8 * 2**20, max_image_pixels=1024 * 1024, receive_timeout_s=2.0, request_timeout_s=120.0,
+        max_body_bytes=8 * 2**20, max_image_pixels=1024 * 1024, max_request_pixels=2 * 1024 * 1024,
+        receive_timeout_s=2.0, request_timeout_s=120.0,
         max_new_tokens=24, device="cpu",
     )
     if backend == "vllm":
