@@ -64,7 +64,7 @@ def test_every_trained_lora_module_loads_into_a_plain_pipeline(preset, tmp_path,
     plain = load_backbone(backbone)
     plain.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
     trainer.pipe.scheduler = DDIMScheduler.from_config(plain.scheduler.config)
-    kwargs = dict(num_inference_steps=4, height=64, width=64, guidance_scale=5.0, output_type="np")
+    kwargs = {"num_inference_steps": 4, "height": 64, "width": 64, "guidance_scale": 5.0, "output_type": "np"}
     prompt = ["a red circle", "two blue squares"]
     untuned = plain(prompt, generator=torch.Generator().manual_seed(0), **kwargs).images
     with warnings.catch_warnings(record=True) as caught, caplog.at_level(logging.WARNING):

@@ -134,44 +134,74 @@ def test_cli_prints_the_resolved_config(tmp_path):
     assert res.exit_code == 0 and "timestep_fraction" in res.output
 
 
-@pytest.mark.slow
-def test_short_ddpo_run_raises_jpeg_compressibility_on_held_out_prompts(tmp_path):
-    """The tiny preset (4 epochs of 8 samples) against the untuned backbone, same prompts and
-    noise. benchmarks/study_ddpo_tiny.py repeats this over seeds for both trainers."""
-    from pathlib import Path
+# What a short run does to a reward on these tiny models depends on the CPU's float kernels (issue 18,
+# item 1): benchmarks/study_ddpo_tiny.py measures it over seeds (docs/ddpo.md). The tests below check
+# the mechanics that hold everywhere: the reward of the sampled images sets the advantages, and one
+# update moves the trained steps' log-probabilities the way the advantages say.
+MECHANICS = {
+    "ddpo": (DDPOConfig, DDPOTrainer, ["num_inference_steps=3", "sample_batch_size=4", "train_batch_size=4",
+                                       "per_prompt_stat_tracking=false"]),
+    "b2": (B2Config, B2Trainer, ["num_inference_steps=4", "split_step_min=2", "split_step_max=2", "num_branches=3",
+                                 "sample_batch_size=1", "train_batch_size=2", "gradient_accumulation_steps=1"]),
+}
 
+
+def _trained_log_probs(trainer, traj, start: int) -> torch.Tensor:
+    """Log-probabilities of the recorded steps ``start ..`` under the trainer's current weights."""
+    from promptloop.training.diffusion.ddim_logprob import ddim_step_with_logprob
+    from promptloop.training.diffusion.trajectory import predict_noise
+
+    c = trainer.config
+    trainer.pipe.scheduler.set_timesteps(c.num_inference_steps)
+    out = []
+    with torch.no_grad():
+        for j in range(start, traj.num_steps):
+            noise = predict_noise(trainer.pipe.unet, traj.latents[:, j], traj.timesteps[:, j], traj.cond,
+                                  c.guidance_scale)
+            out.append(ddim_step_with_logprob(trainer.pipe.scheduler, noise, traj.timesteps[:, j], traj.latents[:, j],
+                                              eta=c.eta, prev_sample=traj.latents[:, j + 1]).log_prob)
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("kind", ["ddpo", "b2"])
+def test_an_epoch_turns_the_rewards_into_advantages_and_moves_log_probs_their_way(kind, tmp_path, monkeypatch):
     torch.set_num_threads(1)
-    preset = Path(__file__).resolve().parents[1] / "training" / "configs" / "ddpo_tiny.yaml"
-    cfg = load_config(DDPOConfig, preset, [f"output_dir={tmp_path}", "seed=0", "progress=false", "report_to=none",
-                                          "save_steps=0"])
-    trainer = DDPOTrainer(cfg)
-    heldout = ["a tiny house on a hill", "a yellow boat on a lake", "an owl in the moonlight", "a bowl of ramen",
-               "a snowy mountain village"]
-    base = trainer.evaluate(heldout, num_seeds=2)
-    trainer.train()
-    tuned = trainer.evaluate(heldout, num_seeds=2)
-    assert tuned > base + 0.03, (base, tuned)  # kB of JPEG saved per image (per-sample std ~0.05)
+    cls, trainer_cls, overrides = MECHANICS[kind]
+    cfg = load_config(cls, None, [f"output_dir={tmp_path}", "device=cpu", "report_to=none", "progress=false",
+                                  "save_steps=0", "eval_steps=0", "lora_r=4", "lora_alpha=8", "learning_rate=1e-4",
+                                  "max_grad_norm=100", "clip_range=0.5", "num_inner_epochs=1",
+                                  "sample_num_batches_per_epoch=1", *overrides])
+    scored = []
 
+    def brightness(images, prompts):  # a reward that tells the samples apart
+        scored.append([float(np.asarray(im, dtype=np.float64).mean()) / 255.0 for im in images])
+        return scored[-1]
 
-@pytest.mark.slow
-def test_short_b2_run_raises_jpeg_compressibility_on_a_trained_tiny_backbone(tmp_path):
-    """The B² preset on ShapesWorld's backbone A (a tiny model trained here, whose images depend on
-    the prompt; the random tiny pipeline's barely do) at the ShapesWorld learning rate, against the
-    untuned backbone on 5 held-out prompts x 8 seeds of the same noise. Seeds 0, 1, 2 gave +0.032,
-    +0.038, +0.007 kB (benchmarks/study_ddpo_tiny.py, docs/ddpo.md); seed 0 is checked here."""
-    from pathlib import Path
+    trainer = trainer_cls(cfg, reward=brightness)
+    update, seen = trainer.update, {}
 
-    from promptloop.prompts import load_prompts
-    from promptloop.worlds.shapes.backbone import backbone_path
+    def spy(traj, advantages, *, start=0):
+        before = _trained_log_probs(trainer, traj, start)
+        metrics = update(traj, advantages, start=start)
+        seen.update(traj=traj, adv=torch.as_tensor(advantages, dtype=torch.float32), before=before,
+                    after=_trained_log_probs(trainer, traj, start), metrics=metrics)
+        return metrics
 
-    torch.set_num_threads(1)
-    preset = Path(__file__).resolve().parents[1] / "training" / "configs" / "b2_tiny.yaml"
-    cfg = load_config(B2Config, preset, [f"output_dir={tmp_path}", "seed=0", "progress=false", "report_to=none",
-                                         "save_steps=0", f"backbone={backbone_path('backbone-a')}",
-                                         "prompts=shapes:16", "learning_rate=3e-3"])
-    trainer = B2Trainer(cfg)
-    heldout = load_prompts("shapes-heldout:5")
-    base = trainer.evaluate(heldout, num_seeds=8)
-    trainer.train()
-    tuned = trainer.evaluate(heldout, num_seeds=8)
-    assert tuned > base + 0.015, (base, tuned)  # kB of JPEG saved per image
+    monkeypatch.setattr(trainer, "update", spy)
+    metrics = trainer.epoch(0)
+    rewards = np.asarray(scored[0])
+    assert metrics["train/reward_mean"] == pytest.approx(rewards.mean())
+    traj, adv = seen["traj"], seen["adv"]
+    assert seen["metrics"]["updates"] == 1
+    if kind == "ddpo":  # batch-normalised rewards of the very images trained on
+        np.testing.assert_allclose(adv.numpy(), (rewards - rewards.mean()) / (rewards.std() + 1e-8), rtol=1e-5)
+    else:  # B²: the best and the worst of the branch group, trained from the branch point on
+        assert metrics["train/branch_index"] == 2 and seen["before"].shape == (2, 2)
+        kept = dict(zip(brightness(traj.images, traj.prompts), adv.tolist()))
+        assert kept[rewards.max()] > 0 > kept[rewards.min()]
+    # the ratio is 1 before the update, and the update raises sum_i A_i * log p_i (one descent step)
+    torch.testing.assert_close(seen["before"], traj.log_probs[:, traj.num_steps - seen["before"].shape[1]:],
+                               rtol=1e-4, atol=1e-4)
+    delta = (seen["after"] - seen["before"]).sum(1)
+    assert float((adv * delta).sum()) > 0, (adv, delta)
+    assert delta[adv.argmax()] > 0 > delta[adv.argmin()], (adv, delta)  # the extremes follow their sign

@@ -267,7 +267,6 @@ class DDPOTrainer:
 
     def epoch(self, epoch: int) -> dict[str, float]:
         """Sample, score, update: one DDPO epoch. Returns its metrics."""
-        c = self.config
         t0 = time.perf_counter()
         traj, rewards = self.collect(epoch)
         t1 = time.perf_counter()

@@ -25,7 +25,6 @@ from PIL import Image
 from promptloop.capture import SchedulerCapture
 from promptloop.training.diffusion.ddim_logprob import DDIMLogProbStep
 
-
 Tensors = dict[str, torch.Tensor]
 
 
