@@ -10,6 +10,6 @@ PromptLoop Scripted Policy (no model), PromptLoop Sampler, PromptLoop Trace.
 
 from .nodes import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
-WEB_DIRECTORY = None  # no front-end extension: the nodes use ComfyUI's standard widgets
+WEB_DIRECTORY = "./js"  # shows the PromptLoop Trace text in its node (js/promptloop.js)
 
 __all__ = ["NODE_CLASS_MAPPINGS", "NODE_DISPLAY_NAME_MAPPINGS", "WEB_DIRECTORY"]

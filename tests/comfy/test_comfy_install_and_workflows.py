@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+from PIL import Image
 from workflow_ui import CORE_NODES, api_to_ui
 
 import promptloop.comfy_nodes as pack
@@ -14,7 +15,10 @@ from promptloop.comfy_nodes import NODE_CLASS_MAPPINGS
 from promptloop.comfy_nodes.install import PACK_NAME, comfy_app, install
 
 PACK_DIR = Path(pack.__file__).resolve().parent
-WORKFLOWS = PACK_DIR / "workflows"
+API_WORKFLOW = PACK_DIR / "api_workflows" / "promptloop_api.json"
+TEMPLATES = PACK_DIR / "example_workflows"
+# The folders of a pack that ComfyUI serves as workflow templates (app/custom_node_manager.py).
+TEMPLATE_FOLDERS = ("example_workflows", "example", "examples", "workflow", "workflows")
 
 
 def fake_comfyui(root: Path) -> Path:
@@ -39,7 +43,10 @@ def test_install_copy_replaces_an_earlier_install(tmp_path):
     target = install(comfy, mode="copy")
     assert target.is_dir() and not target.is_symlink()
     assert (target / "nodes.py").read_text() == (PACK_DIR / "nodes.py").read_text()
-    assert (target / "workflows" / "promptloop_api.json").is_file()
+    assert (target / "example_workflows" / "promptloop.json").is_file()
+    assert (target / "example_workflows" / "promptloop.jpg").is_file()
+    assert (target / "api_workflows" / "promptloop_api.json").is_file()
+    assert (target / "js" / "promptloop.js").is_file()
     assert not list(target.rglob("__pycache__"))
     again = install(comfy, mode="copy")  # our own copy: replaced without force
     assert again == target
@@ -69,7 +76,7 @@ def test_cli_install(tmp_path):
 
 
 def _api():
-    return json.loads((WORKFLOWS / "promptloop_api.json").read_text())
+    return json.loads(API_WORKFLOW.read_text())
 
 
 def test_api_workflow_uses_known_nodes_and_valid_inputs():
@@ -95,6 +102,27 @@ def test_api_workflow_uses_known_nodes_and_valid_inputs():
 
 
 def test_ui_workflow_is_the_same_graph():
-    ui = json.loads((WORKFLOWS / "promptloop_ui.json").read_text())
+    ui = json.loads((TEMPLATES / "promptloop.json").read_text())
     assert ui == api_to_ui(_api()), "regenerate with: python tests/comfy/workflow_ui.py"
     assert {n["type"] for n in ui["nodes"]} == {s["class_type"] for s in _api().values()}
+
+
+def test_templates_are_ui_format_with_a_thumbnail():
+    """ComfyUI lists every JSON file of these folders under Templates -> Custom Nodes, opens it as a
+    UI-format graph (an API-format file fails: "Required at 'version'") and shows <name>.jpg."""
+    found = [f for folder in TEMPLATE_FOLDERS for f in sorted((PACK_DIR / folder).glob("*.json"))]
+    assert found and {f.parent.name for f in found} == {"example_workflows"}
+    for template in found:
+        graph = json.loads(template.read_text())
+        assert "version" in graph and isinstance(graph["nodes"], list) and "links" in graph, template.name
+        thumbnail = template.with_suffix(".jpg")
+        with Image.open(thumbnail) as image:
+            assert image.format == "JPEG" and 200 <= image.width <= 800 and image.height >= 150, thumbnail.name
+        assert thumbnail.stat().st_size < 100_000
+
+
+def test_trace_text_extension_is_served():
+    """The Trace node's text box: a front-end extension in the pack's WEB_DIRECTORY."""
+    assert pack.WEB_DIRECTORY == "./js"
+    script = (PACK_DIR / "js" / "promptloop.js").read_text()
+    assert '"PromptLoopTrace"' in script and "onExecuted" in script and "serialize = false" in script

@@ -37,12 +37,13 @@ from pathlib import Path
 
 import pytest
 
-from promptloop.comfy_nodes.install import find_comfyui_python, install_into
+from promptloop.comfy_nodes.install import PACK_NAME, find_comfyui_python, install_into
 
 COMFY_DIR = os.environ.get("PROMPTLOOP_COMFYUI_DIR")
 HERE = Path(__file__).resolve().parent
-WORKFLOW = HERE.parents[1] / "comfy_nodes" / "workflows" / "promptloop_api.json"
-UI_WORKFLOW = WORKFLOW.with_name("promptloop_ui.json")
+PACK = HERE.parents[1] / "comfy_nodes"
+WORKFLOW = PACK / "api_workflows" / "promptloop_api.json"
+UI_WORKFLOW = PACK / "example_workflows" / "promptloop.json"
 CKPT = "tiny_sd15.safetensors"
 TEXT = "a lighthouse on a rocky cliff at sunset"
 
@@ -528,21 +529,27 @@ def test_interrupt_stops_the_sampler(comfy):
 # For a closed network: no background requests, no first-run or sync services, a fresh profile.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1920,1080"]
+                  "--window-size=1280,720"]
+PAGE = (1280, 720)  # the page (viewport) the example must fit, in CSS pixels
+SHOTS = os.environ.get("PROMPTLOOP_COMFYUI_SCREENSHOTS")  # also save the screenshots there (docs/comfyui/)
 
-# Runs in the page: load the UI workflow as Workflow -> Open does, let the canvas lay the nodes
-# out, and report what the editor made of them plus the page's own UI -> API conversion.
+# Runs in the page: load the UI workflow as Workflow -> Open does (or keep the graph shown), let the
+# canvas lay the nodes out, and report what the editor made of them plus the page's own UI -> API conversion.
 LOAD_AND_INSPECT = """
 const workflow = arguments[0];
 return (async () => {
   const frame = () => new Promise(resolve => requestAnimationFrame(() => resolve()));
-  await app.loadGraphData(workflow, true, true, "promptloop_ui.json");
+  if (workflow) await app.loadGraphData(workflow, true, true, "promptloop.json");  // null: inspect the graph as it is
   for (let i = 0; i < 5; i++) { app.canvas.setDirty(true, true); app.canvas.draw(true, true); await frame(); }
   const canvas = app.canvas.canvas.getBoundingClientRect();
   const nodes = app.graph.nodes.map(n => ({
     id: String(n.id), type: n.type, title: n.title, registered: n.type in LiteGraph.registered_node_types,
     comfyClass: n.comfyClass ?? null, has_errors: !!n.has_errors, color: n.color ?? null, bgcolor: n.bgcolor ?? null,
     pos: Array.from(n.pos), size: Array.from(n.size), bounding: Array.from(n.boundingRect),
+    title_on_canvas: [n.pos[0] + 12, n.pos[0] + n.size[0] / 2, n.pos[0] + n.size[0] - 12].map(cx => {
+      const [sx, sy] = app.canvas.ds.convertOffsetToCanvas([cx, n.pos[1] - LiteGraph.NODE_TITLE_HEIGHT / 2]);
+      return document.elementFromPoint(canvas.left + sx, canvas.top + sy) === app.canvas.canvas;
+    }),
     min_size: Array.from(n.computeSize()),
     widgets: (n.widgets ?? []).map(w => {
       let element = null;
@@ -568,10 +575,103 @@ return (async () => {
   }));
   const prompt = await app.graphToPrompt();
   const dialogs = Array.from(document.querySelectorAll('[role="dialog"]')).map(d => d.innerText.slice(0, 300));
+  // below this zoom ComfyUI draws no text (LiteGraph's low-quality rendering)
+  const low_quality_below = app.extensionManager.setting.get("LiteGraph.Canvas.LowQualityRenderingZoomThreshold");
   return {nodes, output: prompt.output, canvas: [canvas.left, canvas.top, canvas.width, canvas.height],
-          ds: {scale: app.canvas.ds.scale, offset: Array.from(app.canvas.ds.offset)}, dialogs};
+          ds: {scale: app.canvas.ds.scale, offset: Array.from(app.canvas.ds.offset)}, dialogs, low_quality_below};
 })();
 """
+
+
+# Runs in the page: ComfyUI's "Fit view" (the "." key, or the zoom menu), then the zoom it chose.
+FIT_VIEW = """
+return (async () => {
+  await app.extensionManager.command.execute("Comfy.Canvas.FitView");
+  await new Promise(resolve => setTimeout(resolve, 1000));
+  return app.canvas.ds.scale;
+})();
+"""
+
+# Runs in the page: Templates -> Custom Nodes -> this pack, as a user browses them; reports each
+# card and its thumbnail, then opens ``arguments[0]`` and reports the graph it loaded.
+OPEN_TEMPLATE = """
+const [pack, name] = arguments;
+return (async () => {
+  const sleep = ms => new Promise(resolve => setTimeout(resolve, ms));
+  const until = async (what, seconds = 60) => {
+    for (let i = 0; i < seconds * 10; i++) { const got = what(); if (got) return got; await sleep(100); }
+    throw new Error("timed out waiting for " + what);
+  };
+  await app.extensionManager.command.execute("Comfy.BrowseTemplates");
+  const dialog = await until(() => document.querySelector('[role="dialog"]'));
+  const entry = await until(() => Array.from(dialog.querySelectorAll("li")).find(e => e.textContent.trim() === pack));
+  entry.scrollIntoView();
+  entry.click();
+  await until(() => dialog.querySelector('[data-testid^="template-workflow-"]'));
+  await sleep(3000);  // let the thumbnails load (or fail)
+  const cards = Array.from(dialog.querySelectorAll('[data-testid^="template-workflow-"]')).map(card => {
+    const img = card.querySelector("img");
+    return {name: card.dataset.testid.replace("template-workflow-", ""), title: card.querySelector("h3")?.textContent.trim(),
+            thumbnail: img ? {src: img.getAttribute("src"), width: img.naturalWidth, shown: getComputedStyle(img).display !== "none"} : null};
+  });
+  const before = app.graph.nodes.length;
+  app.graph.clear();
+  dialog.querySelector(`[data-testid="template-workflow-${name}"]`).click();
+  await until(() => app.graph.nodes.length > 0, 60);
+  await sleep(1000);
+  const messages = Array.from(document.querySelectorAll('[role="dialog"], [role="alert"], .p-toast-message'))
+    .map(e => e.innerText.slice(0, 300)).filter(text => text.trim());
+  return {cards, before, nodes: app.graph.nodes.map(n => ({id: String(n.id), type: n.type, has_errors: !!n.has_errors})), messages};
+})();
+"""
+
+# Runs in the page: point the loaded example at the test's tiny models, press Queue, wait for the
+# run, and report what the PromptLoop Trace node shows (its text box and the strip).
+RUN_IN_PAGE = """
+const [values] = arguments;
+return (async () => {
+  for (const [id, name, value] of values) {
+    app.graph.getNodeById(Number(id)).widgets.find(w => w.name === name).value = value;
+  }
+  const done = new Promise(resolve => {
+    app.api.addEventListener("execution_success", () => resolve("success"));
+    app.api.addEventListener("execution_error", e => resolve("error: " + JSON.stringify(e.detail).slice(0, 2000)));
+  });
+  await app.queuePrompt(0, 1);
+  const status = await done;
+  await new Promise(resolve => setTimeout(resolve, 2000));
+  for (let i = 0; i < 3; i++) { app.canvas.setDirty(true, true); app.canvas.draw(true, true); }
+  const trace = app.graph.nodes.find(n => n.type === "PromptLoopTrace");
+  const box = trace.widgets.find(w => w.name === "trace_text");
+  const r = box.element.getBoundingClientRect();
+  const top = document.elementFromPoint(r.left + r.width / 2, r.top + Math.min(r.height / 2, 20));
+  return {status, text: box.value, box: {width: r.width, height: r.height, on_top: !!top && (top === box.element || box.element.contains(top))},
+          strip: (trace.imgs ?? []).map(img => [img.naturalWidth, img.naturalHeight]), scale: app.canvas.ds.scale};
+})();
+"""
+
+
+def _open_page(browser, comfy) -> float:
+    """Load ComfyUI's page; the seconds it took to come up."""
+    start = time.perf_counter()
+    browser.get(comfy.url)
+    deadline = time.monotonic() + 300
+    ready = "return !!(window.app && app.graph && app.canvas && window.LiteGraph && " \
+            "LiteGraph.registered_node_types['PromptLoopSampler'])"
+    while not browser.execute_script(ready):
+        assert time.monotonic() < deadline, f"the page did not come up\n{browser.get_log('browser')}"
+        time.sleep(0.5)
+    return time.perf_counter() - start
+
+
+def _screenshot(browser, comfy, name: str) -> Path:
+    """Save the page as ``name`` in the base directory (and in $PROMPTLOOP_COMFYUI_SCREENSHOTS)."""
+    path = comfy.base / name
+    browser.save_screenshot(str(path))
+    if SHOTS:
+        Path(SHOTS).mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, Path(SHOTS) / name)
+    return path
 
 
 def _find(env: str, *names: str) -> str | None:
@@ -598,7 +698,12 @@ def browser(comfy, tmp_path_factory):
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     session = webdriver.Chrome(service=Service(driver), options=options)
-    session.set_script_timeout(120)
+    session.set_script_timeout(600)
+    session.get(comfy.url)
+    # the window's frame takes part of --window-size: size the window so that the page is PAGE
+    extra = session.execute_script("return [outerWidth - innerWidth, outerHeight - innerHeight]")
+    session.set_window_size(PAGE[0] + extra[0], PAGE[1] + extra[1])
+    assert session.execute_script("return [innerWidth, innerHeight]") == list(PAGE)
     try:
         yield session
     finally:
@@ -614,16 +719,9 @@ def test_ui_workflow_in_the_browser(comfy, browser):
     """ComfyUI's page loads the UI example: no missing or red node, every widget visible, and its
     own UI -> API conversion (graphToPrompt) gives the API-format file."""
     start = time.perf_counter()
-    browser.get(comfy.url)
-    deadline = time.monotonic() + 300
-    ready = "return !!(window.app && app.graph && app.canvas && window.LiteGraph && " \
-            "LiteGraph.registered_node_types['PromptLoopSampler'])"
-    while not browser.execute_script(ready):
-        assert time.monotonic() < deadline, f"the page did not come up\n{browser.get_log('browser')}"
-        time.sleep(0.5)
-    loaded = time.perf_counter() - start
+    loaded = _open_page(browser, comfy)
     page = browser.execute_script(LOAD_AND_INSPECT, json.loads(UI_WORKFLOW.read_text()))
-    browser.save_screenshot(str(comfy.base / "promptloop_ui.png"))
+    _screenshot(browser, comfy, "promptloop_ui.png")
     logs = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     print(f"\n[browser] page up in {loaded:.1f} s, workflow checked in {time.perf_counter() - start - loaded:.1f} s; "
           f"view {page['ds']}, canvas {page['canvas']}; screenshot {comfy.base / 'promptloop_ui.png'}")
@@ -667,13 +765,64 @@ def test_ui_workflow_in_the_browser(comfy, browser):
     sampler_widgets = set(pack_widgets["PromptLoopSampler"])
     assert {"text", "schedule", "mode", "preview", "preview_size", "timeout_s", "async_delay"} <= sampler_widgets
 
-    # the whole graph is on screen at the view the workflow opens with
+    # the whole graph is on a 1280 x 720 page at the view the workflow opens with, at a zoom where
+    # ComfyUI draws text, and no title bar is under the workflow tabs, the minimap or a menu
     scale, (ox, oy) = page["ds"]["scale"], page["ds"]["offset"]
     width, height = page["canvas"][2:]
+    assert page["canvas"][0] + width <= PAGE[0] and page["canvas"][1] + height <= PAGE[1], page["canvas"]
+    assert scale >= page["low_quality_below"], (scale, page["low_quality_below"])
     for node in nodes.values():
         bx, by, bw, bh = node["bounding"]
         assert (bx + ox) * scale >= 0 and (by + oy) * scale >= 0, node["type"]
         assert (bx + bw + ox) * scale <= width and (by + bh + oy) * scale <= height, (node["type"], page["canvas"])
+        assert all(node["title_on_canvas"]), (node["type"], node["title_on_canvas"])
 
     # the page's own UI -> API conversion is the API-format file
     assert page["output"] == api
+
+    # ComfyUI's Fit View keeps the text drawn too (it zoomed to 0.43 with the earlier layout)
+    fit = browser.execute_script(FIT_VIEW)
+    print(f"[browser] opening zoom {scale}, Fit View zoom {fit:.3f}; no text below {page['low_quality_below']}")
+    assert fit >= page["low_quality_below"]
+
+
+def test_template_opens_from_the_templates_dialog(comfy, browser):
+    """Templates -> Custom Nodes -> comfyui-promptloop lists the UI-format examples, each with its
+    thumbnail, and choosing one opens its graph (an API-format file there failed: "Required at
+    'version'", and empty canvas)."""
+    _open_page(browser, comfy)
+    templates = sorted(f.stem for f in UI_WORKFLOW.parent.glob("*.json"))
+    result = browser.execute_script(OPEN_TEMPLATE, PACK_NAME, UI_WORKFLOW.stem)
+    _screenshot(browser, comfy, "promptloop_template.png")
+    print(f"\n[templates] {result['cards']}\n  opened: {[n['type'] for n in result['nodes']]}; messages {result['messages']}")
+    assert sorted(card["name"] for card in result["cards"]) == templates
+    for card in result["cards"]:
+        thumbnail = card["thumbnail"]
+        assert thumbnail and thumbnail["width"] > 0 and thumbnail["shown"], card  # the .jpg was served and shown
+    expected = json.loads(UI_WORKFLOW.read_text())
+    assert sorted((n["id"], n["type"]) for n in result["nodes"]) == sorted((str(n["id"]), n["type"]) for n in expected["nodes"])
+    assert not any(n["has_errors"] for n in result["nodes"])
+    assert not [m for m in result["messages"] if "version" in m.lower() or "invalid" in m.lower()], result["messages"]
+
+
+def test_example_runs_in_the_page_and_the_trace_node_shows_its_text(comfy, browser, tiny_policy_name, tiny_adapter_name):
+    """Queue the example from the page (as Run does): the Trace node shows the refinements in its
+    text box and the strip under it, and the whole graph still fits the 1280 x 720 page."""
+    _open_page(browser, comfy)
+    page = browser.execute_script(LOAD_AND_INSPECT, json.loads(UI_WORKFLOW.read_text()))
+    values = [("1", "ckpt_name", CKPT), ("3", "width", 64), ("3", "height", 64), ("4", "policy", tiny_policy_name),
+              ("4", "adapter", tiny_adapter_name), ("4", "max_new_tokens", 32), ("5", "steps", 6), ("5", "cfg", 5.0),
+              ("5", "schedule", "0.3,0.6"), ("5", "preview_size", 112)]
+    shown = browser.execute_script(RUN_IN_PAGE, values)
+    _screenshot(browser, comfy, "promptloop_run.png")
+    print(f"\n[run in the page] {shown['status']}; strip {shown['strip']}; text box {shown['box']}\n{shown['text']}")
+    assert shown["status"] == "success"
+    assert "step 2 of 0-5: " + TAUGHT in shown["text"] and shown["text"].startswith("sample 0: " + TEXT)
+    assert shown["box"]["on_top"] and shown["box"]["height"] >= 40, shown["box"]
+    assert len(shown["strip"]) == 1 and shown["strip"][0][0] > 0
+    assert shown["scale"] == page["ds"]["scale"]
+    after = browser.execute_script(LOAD_AND_INSPECT, None)
+    for node in after["nodes"]:  # the images the run added still leave every widget uncovered
+        for widget in node["widgets"]:
+            if widget["on_canvas"] is not None:
+                assert all(widget["on_canvas"]), (node["type"], widget["name"], widget["on_canvas"])

@@ -1,6 +1,7 @@
 """Turn an API-format ComfyUI workflow into the UI (litegraph) format the editor loads.
 
-Used to generate ``comfy_nodes/workflows/promptloop_ui.json`` from ``promptloop_api.json`` and, in
+Used to generate ``comfy_nodes/example_workflows/promptloop.json`` (the template ComfyUI lists
+under Templates -> Custom Nodes) from ``comfy_nodes/api_workflows/promptloop_api.json`` and, in
 the tests, to check the two stay the same graph. Inputs of type INT / FLOAT / STRING / BOOLEAN /
 a list of choices are widgets (their values go to ``widgets_values``, in ``INPUT_TYPES`` order,
 with the extra "control after generate" value after a seed); the others are links.
@@ -11,7 +12,7 @@ node as large as the editor will make it (:func:`node_size` follows litegraph's
 the images an output node shows), so that no node covers another once the editor has sized them.
 The real-ComfyUI browser test checks that in Chromium.
 
-    python tests/comfy/workflow_ui.py   # rewrites promptloop_ui.json
+    python tests/comfy/workflow_ui.py   # rewrites example_workflows/promptloop.json
 """
 
 from __future__ import annotations
@@ -21,7 +22,11 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-WORKFLOWS = ROOT / "comfy_nodes" / "workflows"
+PACK = ROOT / "comfy_nodes"
+# ComfyUI serves every JSON file in a pack's example_workflows/ (or examples/, workflows/ ...) as a
+# template, which must be UI format; the API-format file lives elsewhere.
+TEMPLATES = PACK / "example_workflows"
+API_WORKFLOWS = PACK / "api_workflows"
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 
 # The core nodes the example uses: (inputs in INPUT_TYPES order as (name, type), outputs).
@@ -61,8 +66,18 @@ def _pack_signature(class_type: str):
 TITLE_H, SLOT_H, WIDGET_H = 30, 20, 20
 MULTILINE_H = 110  # a multiline STRING (a textarea the editor lets grow)
 IMAGE_H = 220  # room for the images an output node shows after a run
-GAP_X, GAP_Y = 60, 40
+GAP_X, GAP_Y = 30, 40
 IMAGE_NODES = {"SaveImage", "PreviewImage", "PromptLoopTrace"}
+# Widgets a node gains in the page that are not inputs (comfy_nodes/js/promptloop.js): the
+# PromptLoop Trace node's read-only text box.
+PAGE_WIDGETS = {"PromptLoopTrace": ["trace_text"]}
+
+# The view the example opens with, and what it must fit: a 1280 x 720 page (ComfyUI's top bar
+# 40 px, side bar 40 px, workflow tabs over the canvas's top-left 37 px) at a zoom above 0.6,
+# under which ComfyUI stops drawing text (LiteGraph.Canvas.LowQualityRenderingZoomThreshold);
+# nothing under the minimap (250 x 200 at the bottom right, 66 px up) or the zoom controls.
+VIEW_SCALE = 0.75
+VIEW_MARGIN = (12, 46)  # screen pixels from the canvas's top-left to the graph (under the tabs)
 
 
 def _multiline(class_type: str) -> set[str]:
@@ -75,29 +90,26 @@ def _multiline(class_type: str) -> set[str]:
 
     spec = NODE_CLASS_MAPPINGS[class_type].INPUT_TYPES()
     return {name for section in ("required", "optional") for name, value in spec.get(section, {}).items()
-            if len(value) > 1 and value[1].get("multiline")}
+            if len(value) > 1 and value[1].get("multiline")} | set(PAGE_WIDGETS.get(class_type, []))
 
 
 def node_size(node: dict) -> list[int]:
     """At least the size litegraph's ``computeSize`` gives the node once its widgets exist."""
     rows = max(len(node["inputs"]), len(node["outputs"]), 1)
     multiline = _multiline(node["type"])
-    widgets = [name for name in node["_widget_names"]]
+    widgets = list(node["_widget_names"]) + PAGE_WIDGETS.get(node["type"], [])
     height = rows * SLOT_H + 8 + 6
     for name in widgets:
         height += (MULTILINE_H if name in multiline else WIDGET_H) + 4
     if node["type"] in IMAGE_NODES:
         height += IMAGE_H
-    width = 400 if node["type"] in IMAGE_NODES or multiline else 330
+    width = 400 if multiline else 300
     return [width, height + 10]
 
 
-def layout(nodes: dict[int, dict], links: list[list]) -> None:
-    """Columns by depth (longest path from a source), stacked top to bottom, no overlaps.
-
-    A node whose outputs go nowhere (Save Image, the trace viewer) goes under its deepest input
-    rather than into a column of its own, which keeps the graph one screen wide.
-    """
+def _depth_columns(nodes: dict[int, dict], links: list[list]) -> list[list[int]]:
+    """Columns by depth (longest path from a source); a node whose outputs go nowhere (Save Image,
+    the trace viewer) goes under its deepest input rather than into a column of its own."""
     parents: dict[int, set[int]] = {i: set() for i in nodes}
     for _, src, _, dst, _, _ in links:
         parents[dst].add(src)
@@ -113,11 +125,29 @@ def layout(nodes: dict[int, dict], links: list[list]) -> None:
     for i in sorted(nodes):
         column = level(i) - 1 if i not in sources and parents[i] else level(i)
         columns.setdefault(column, []).append(i)
-    x = 40
-    for column in sorted(columns):
-        y = 40 + TITLE_H
+    return [columns[c] for c in sorted(columns)]
+
+
+def example_columns(nodes: dict[int, dict]) -> list[list[int]] | None:
+    """The example's columns, laid out for a 1280-px page: loaders | negative prompt, trace |
+    sampler | decode, save (short, so that the minimap at the bottom right covers nothing)."""
+    by_type: dict[str, list[int]] = {}
+    for i in sorted(nodes):
+        by_type.setdefault(nodes[i]["type"], []).append(i)
+    wanted = [["CheckpointLoaderSimple", "EmptyLatentImage", "PromptLoopLoadPolicy"],
+              ["CLIPTextEncode", "PromptLoopTrace"], ["PromptLoopSampler"], ["VAEDecode", "SaveImage"]]
+    if sorted(t for column in wanted for t in column) != sorted(nodes[i]["type"] for i in nodes):
+        return None
+    return [[by_type[t][0] for t in column] for column in wanted]
+
+
+def layout(nodes: dict[int, dict], links: list[list]) -> None:
+    """Columns left to right, nodes stacked top to bottom in each, no overlaps."""
+    x = 0
+    for column in example_columns(nodes) or _depth_columns(nodes, links):
+        y = TITLE_H
         width = 0
-        for i in columns[column]:
+        for i in column:
             node = nodes[i]
             node["size"] = node_size(node)
             node["pos"] = [x, y]
@@ -189,14 +219,14 @@ def api_to_ui(api: dict) -> dict:
         "links": links,
         "groups": [],
         "config": {},
-        "extra": {"ds": {"scale": 0.8, "offset": [0, 0]}},
+        "extra": {"ds": {"scale": VIEW_SCALE, "offset": [VIEW_MARGIN[0] / VIEW_SCALE, VIEW_MARGIN[1] / VIEW_SCALE]}},
         "version": 0.4,
     }
 
 
 def main() -> None:
-    api = json.loads((WORKFLOWS / "promptloop_api.json").read_text())
-    out = WORKFLOWS / "promptloop_ui.json"
+    api = json.loads((API_WORKFLOWS / "promptloop_api.json").read_text())
+    out = TEMPLATES / "promptloop.json"
     out.write_text(json.dumps(api_to_ui(api), indent=2) + "\n")
     print(f"wrote {out}")
 
