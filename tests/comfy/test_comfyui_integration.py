@@ -482,10 +482,26 @@ def test_what_the_user_is_told(comfy):
     g["pl"] = _pl_sampler("1")
     g["pl"]["inputs"]["policy"] = ["load", 0]
     g["save"] = _save("pl", "unknown")
+    start = time.perf_counter()
     error = comfy.run(g, expect_error=True)
-    print("\n[unknown policy]", error["exception_message"])
+    elapsed = time.perf_counter() - start
+    print(f"\n[unknown policy] after {elapsed:.1f} s:", error["exception_message"])
     assert error["exception_type"].endswith("FileNotFoundError")
     assert str(comfy.base / "models" / "promptloop" / "no-such-policy") in error["exception_message"]
+    assert "HF_HUB_OFFLINE is set" in error["exception_message"]  # the server runs offline: no hub retries
+    assert elapsed < 60  # (the graph still loads the checkpoint; the hub retries alone took ~47 s)
+
+    # a schedule that does not parse is refused when queued, with every form it could be
+    g = _base_graph()
+    g["pl"] = _pl_sampler("evenly:x")
+    g["save"] = _save("pl", "bad-schedule")
+    body = json.dumps({"prompt": g}).encode()
+    request = urllib.request.Request(comfy.url + "/prompt", body, {"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(request, timeout=60)
+    answer = refused.value.read().decode()
+    print("[bad schedule]", answer[:400])
+    assert refused.value.code == 400 and "bad schedule 'evenly:x'" in answer and "'none'" in answer and "random:5" in answer
 
 
 def test_interrupt_stops_the_sampler(comfy):
