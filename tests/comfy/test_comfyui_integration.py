@@ -541,6 +541,35 @@ def test_interrupt_stops_the_sampler(comfy):
     assert "save" not in history.get("outputs", {})
 
 
+SHAPESWORLD = HERE.parents[1] / "promptloop" / "assets" / "shapesworld" / "backbone-c"
+LOAD_WITH_COMFY = """
+import sys
+sys.argv = [sys.argv[0], "--cpu"]
+import comfy.options
+comfy.options.enable_args_parsing()
+import comfy.sd, comfy.utils
+for what, load in [("unet", lambda: comfy.sd.load_diffusion_model(sys.argv_unet)),
+                   ("vae", lambda: comfy.sd.VAE(sd=comfy.utils.load_torch_file(sys.argv_vae)))]:
+    try:
+        load()
+        print(what, "LOADED")
+    except Exception as exc:
+        print(what, "FAILED", " ".join(str(exc).split())[:300])
+"""
+
+
+def test_shapesworld_backbone_is_not_loadable(comfy):
+    """Why the example cannot show ShapesWorld shapes (docs/comfyui.md): ComfyUI's loaders accept only
+    its registered architectures, and the tiny ShapesWorld UNet and VAE match none. If a ComfyUI
+    release starts accepting them, this fails: then ship a ShapesWorld checkpoint and template."""
+    code = LOAD_WITH_COMFY.replace("sys.argv_unet", repr(str(SHAPESWORLD / "unet" / "diffusion_pytorch_model.safetensors")))
+    code = code.replace("sys.argv_vae", repr(str(SHAPESWORLD / "vae" / "diffusion_pytorch_model.safetensors")))
+    done = subprocess.run([_python(), "-c", code], cwd=COMFY_DIR, capture_output=True, text=True, timeout=600)
+    print("\n[ShapesWorld in ComfyUI]", done.stdout.strip())
+    assert "unet FAILED ERROR: Could not detect model type" in done.stdout, done.stdout + done.stderr[-2000:]
+    assert "vae FAILED" in done.stdout and "size mismatch" in done.stdout + done.stderr
+
+
 # -- the page, in a real browser ---------------------------------------------------------------
 # For a closed network: no background requests, no first-run or sync services, a fresh profile.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
