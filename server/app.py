@@ -388,21 +388,20 @@ def create_app(
     def decode_previews(body: RefineRequest, items: list) -> list[Any]:
         """The items' preview images: every header is read and the request's pixels are
         counted before any image is decoded."""
+        fields = [f"items[{i}].image" if body.items is not None else "image" for i in range(len(items))]
         opened = [
-            open_image(item.image, field=f"items[{i}].image" if body.items is not None else "image",
-                       max_bytes=settings.max_body_bytes, max_pixels=settings.max_image_pixels)
+            open_image(item.image, field=field, max_bytes=settings.max_body_bytes, max_pixels=settings.max_image_pixels)
             if item.image is not None else None
-            for i, item in enumerate(items)
+            for item, field in zip(items, fields)
         ]
-        total = sum(image.width * image.height for image in opened if image is not None)
-        if total > settings.max_request_pixels:
+        sizes = [image.width * image.height for image in opened if image is not None]
+        if sum(sizes) > settings.max_request_pixels:
             raise PayloadError(
-                f"the request's {sum(image is not None for image in opened)} preview images hold {total} pixels "
-                f"in all, more than this server's limit per request {settings.max_request_pixels} "
-                "(max_request_pixels)", status=413, field="image",
+                f"the request's {len(sizes)} preview image(s) hold {sum(sizes)} pixels in all, more than this "
+                f"server's limit per request {settings.max_request_pixels} (max_request_pixels)",
+                status=413, field="image",
             )
-        return [load_image(image, field=f"items[{i}].image" if body.items is not None else "image")
-                if image is not None else None for i, image in enumerate(opened)]
+        return [load_image(image, field=field) if image is not None else None for image, field in zip(opened, fields)]
 
     async def call_policy(call):
         """Await the engine's refine/plan, turning the policy's failures into answers."""
