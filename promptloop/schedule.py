@@ -29,6 +29,7 @@ class RefineSchedule:
     count: int = 0  # equally spaced refinements (the paper's inference setting)
     every: int = 0  # a refinement every ``every`` steps
     random_count: int = 0  # refinements at random steps (the paper's training setting)
+    group_size: int = 1  # random schedules: consecutive samples that share one draw (a GRPO group)
     seed: int | None = field(default=None, compare=False)
     spec: str | None = field(default=None, compare=False)  # the text it was parsed from, for messages
 
@@ -39,6 +40,8 @@ class RefineSchedule:
             raise ValueError(f"schedule fractions must be in [0, 1), got {list(self.fractions)}")
         if min(self.count, self.every, self.random_count) < 0:
             raise ValueError("count, every and random_count must be >= 0")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
 
     # -- constructors ---------------------------------------------------------------------
     @classmethod
@@ -132,7 +135,8 @@ class RefineSchedule:
 
         Fixed schedules give every sample the same steps. Random schedules draw each sample's
         own steps (the ``G`` rollouts of one prompt in one batched call refine at different
-        steps), from ``random.Random(seed)`` in sample order (fresh entropy without a seed).
+        steps), from ``random.Random(seed)`` in sample order (fresh entropy without a seed); with
+        ``group_size`` g, each run of g consecutive samples shares one draw.
         """
         if not self.random_count:
             steps = self.resolve(num_steps)
@@ -140,8 +144,11 @@ class RefineSchedule:
         rng = random.Random(self.seed)
         fixed = RefineSchedule(self.steps, self.fractions, self.count, self.every).resolve(num_steps)
         last = num_steps - 2
-        out = []
-        for _ in range(num_samples):
+        out: list[list[int]] = []
+        for index in range(num_samples):
+            if index % self.group_size:
+                out.append(list(out[-1]))
+                continue
             chosen = set(fixed)
             if last >= 0:
                 pool = list(range(0, last + 1))

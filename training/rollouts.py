@@ -2,7 +2,8 @@
 turned into per-action training records.
 
 One call samples ``num_generations`` images per prompt in one batched pipeline call
-(``num_images_per_prompt=G``; with a random schedule each sample refines at its own steps),
+(``num_images_per_prompt=G``; with a random schedule each sample refines at its own steps, or
+each group at its own with ``share_noise``),
 scores the final images with a reward from the registry, and returns one
 :class:`ActionRecord` per policy generation: the exact conversation the policy saw (rebuilt from
 the trace's unchanged observation snapshot and system prompt), the sampled token ids and their
@@ -164,7 +165,9 @@ def rollout(
     policy call of the rollout (passed per call to a
     :class:`~promptloop.policies.base.GenerativePolicy`; default: the policy's own);
     ``share_noise``: the rollouts of one prompt start from the same latents (one generator per
-    sample, seeded per prompt). Returns the batch with one record per policy action.
+    sample, seeded per prompt) and refine at the same steps (a random schedule draws once per
+    group), so they differ only by the policy's own choices. Returns the batch with one record
+    per policy action.
     """
     prompts = list(prompts)
     timed = _TimedPolicy(policy, sampling)
@@ -187,8 +190,9 @@ def rollout(
         preview_s = encode_s = 0.0
     else:
         parsed = RefineSchedule.parse(schedule)
-        if parsed.per_sample:
-            parsed = dataclasses.replace(parsed, seed=int(seed))
+        if parsed.per_sample:  # a shared-noise group also shares its random refinement steps
+            group = num_generations if share_noise else 1
+            parsed = dataclasses.replace(parsed, seed=int(seed), group_size=group)
         hook = PromptLoopHook(timed, parsed, mode=mode, preview=preview, preview_size=preview_size,
                               timeout_s=None, keep_previews=False)
         images = pipeline(prompts, callback_on_step_end=hook, **call).images
