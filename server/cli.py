@@ -116,6 +116,7 @@ def serve(
     import logging
 
     import uvicorn
+
     from promptloop.server.app import create_app
     from promptloop.server.settings import Settings
 
@@ -153,6 +154,6 @@ def serve(
     server = uvicorn.Server(config)
     app.state.uvicorn_server = server
     server.run()
-    if app.state.promptloop["load_error"]:
-        typer.echo(f"error: the policy failed to load: {app.state.promptloop['load_error']}", err=True)
+    if app.state.promptloop.load_error:
+        typer.echo(f"error: the policy failed to load: {app.state.promptloop.load_error}", err=True)
         raise typer.Exit(1)

@@ -2,7 +2,9 @@
 
 Requests are validated strictly: no coercion between JSON types (``"step": true`` or ``4.0`` is
 not an integer, ``"yes"`` not a boolean; an integer is still a number) and no ``NaN`` or
-infinite numbers (JSON ``NaN``, ``Infinity``, ``1e400``).
+infinite numbers (JSON ``NaN``, ``Infinity``, ``1e400``). Their shape is checked here too
+(prompt text, steps, one kind of preview, adapter choice); what depends on the server's
+settings (sizes, counts, token limits) is checked by ``limits.py``.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 #: Every request body: strict types, finite numbers, no unknown fields.
 _STRICT = {"extra": "forbid", "strict": True, "allow_inf_nan": False}
@@ -27,6 +30,35 @@ def check_temperature(value: float | None) -> float | None:
             f"temperature must be 0 (greedy) or between {MIN_TEMPERATURE:g} and {MAX_TEMPERATURE:g}, got {value!r}"
         )
     return value
+
+
+def _refused(detail: str) -> PydanticCustomError:
+    """A validation error whose message is ``detail`` itself (the answer's detail, no prefix)."""
+    return PydanticCustomError("invalid_request", "{detail}", {"detail": detail})
+
+
+def text_problem(value: str, *, allow_empty: bool = False) -> str | None:
+    """Why ``value`` is not usable prompt text (empty, a NUL, a lone surrogate), or ``None``."""
+    if not allow_empty and not value.strip():
+        return "must not be empty"
+    if "\x00" in value:
+        return "contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:  # only lone surrogates fail to encode
+        return f"lone surrogate U+{ord(value[exc.start]):04X} at character {exc.start} (not valid Unicode text)"
+    return None
+
+
+def _check_text(value: str, where: str, *, allow_empty: bool = False) -> None:
+    problem = text_problem(value, allow_empty=allow_empty)
+    if problem is not None:
+        raise _refused(f"{where}: {problem}")
+
+
+def _check_adapter_choice(adapter: str | None, use_base_model: bool) -> None:
+    if use_base_model and adapter is not None:
+        raise _refused("give 'adapter' or 'use_base_model', not both")
 
 
 class Sampling(BaseModel):
@@ -115,7 +147,7 @@ class RefineRequest(BaseModel):
     use_base_model: bool = Field(False, description="Ignore the default adapter for this request.")
 
     @model_validator(mode="after")
-    def _one_form(self) -> RefineRequest:
+    def _well_formed(self) -> RefineRequest:
         single = self.prompt is not None
         if single and self.items is not None:
             raise ValueError("give either 'prompt' (one sample) or 'items' (a batch), not both")
@@ -129,7 +161,26 @@ class RefineRequest(BaseModel):
             raise ValueError("'items' is empty")
         if self.latent is not None and self.latent_format is None and self.backbone is None:
             raise ValueError("'latent' needs 'latent_format' (sd15, sdxl, sd3, flux) or a 'backbone'")
+        for at, item in self.labelled_items():
+            _check_text(item.prompt, f"{at}prompt")
+            if item.current_prompt is not None:
+                _check_text(item.current_prompt, f"{at}current_prompt")
+            for j, entry in enumerate(item.history):
+                _check_text(entry, f"{at}history[{j}]", allow_empty=True)
+            if item.step is None or item.num_steps is None:
+                raise _refused(f"{at or 'request: '}'step' and 'num_steps' are required")
+            if item.step >= item.num_steps:
+                raise _refused(f"{at}step: {item.step} is not below num_steps {item.num_steps}")
+            if self.latent is not None and item.image is not None:
+                raise _refused("give preview images or a latent, not both")
+        _check_adapter_choice(self.adapter, self.use_base_model)
         return self
+
+    def labelled_items(self) -> list[tuple[str, RefineItem]]:
+        """The normalized items, each with the prefix that names its fields in messages
+        (``"items[i]."`` in a batch, ``""`` in the single form)."""
+        items = self.normalized_items()
+        return [("" if self.items is None else f"items[{i}].", item) for i, item in enumerate(items)]
 
     def normalized_items(self) -> list[RefineItem]:
         """The batch, with the shared step/num_steps/timestep filled in."""
@@ -190,6 +241,15 @@ class PlanRequest(BaseModel):
     adapter: str | None = None
     use_base_model: bool = False
 
+    @model_validator(mode="after")
+    def _well_formed(self) -> PlanRequest:
+        for i, prompt in enumerate(self.prompts):
+            _check_text(prompt, f"prompts[{i}]")
+        if any(s < 0 or s >= self.num_steps for s in self.steps):
+            raise _refused(f"steps must lie in [0, {self.num_steps})")
+        _check_adapter_choice(self.adapter, self.use_base_model)
+        return self
+
 
 class PlanResponse(BaseModel):
     plans: list[list[RefinementOut]]
@@ -206,6 +266,12 @@ class AdapterRequest(BaseModel):
     name: str | None = Field(..., description="Adapter name; null switches to the base model.")
     path: str | None = Field(None, description="Directory of a peft LoRA adapter to (re)load under `name`.")
     make_default: bool = True
+
+    @model_validator(mode="after")
+    def _named_when_loading(self) -> AdapterRequest:
+        if self.path is not None and self.name is None:
+            raise _refused("loading an adapter needs a 'name'")
+        return self
 
 
 class BackboneInfo(BaseModel):

@@ -54,7 +54,7 @@ class LiveServer:
     extra: dict = field(default_factory=dict)
 
     @property
-    def state(self) -> dict:
+    def state(self):  # the app's promptloop.server.state.AppState
         return self.app.state.promptloop
 
     def client(self, key: str | None = API_KEY, **kwargs) -> httpx.Client:
@@ -81,9 +81,9 @@ def start_server(settings, *, ready_timeout: float = 900.0) -> LiveServer:
     live = LiveServer(f"http://127.0.0.1:{port}", app, server, thread, settings.backend)
     deadline = time.monotonic() + ready_timeout
     while time.monotonic() < deadline:
-        if live.state["load_error"]:
+        if live.state.load_error:
             live.stop()
-            raise RuntimeError(f"server failed to load: {live.state['load_error']}")
+            raise RuntimeError(f"server failed to load: {live.state.load_error}")
         try:
             if httpx.get(live.url + "/ready", timeout=5).status_code == 200:
                 return live

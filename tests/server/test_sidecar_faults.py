@@ -128,7 +128,7 @@ def test_the_largest_admitted_latent_is_bounded_before_decoding(live_server):
     """A (1, 4, 2048, 2048) latent is within the element limit but would decode at 16384^2."""
     from promptloop.wire import PayloadError
 
-    held = live_server.state["backbones"].get("sd")
+    held = live_server.state.backbones.get("sd")
     with pytest.raises(PayloadError) as err:
         held.check_latents(torch.zeros(1, 4, 2048, 2048), 1, height=None, width=None, max_pixels=2048 * 2048)
     assert err.value.status == 413 and "16384x16384" in str(err.value)

@@ -58,7 +58,7 @@ def small_server(trained_dirs, sd_dir):
 @pytest.fixture
 def vae_calls(small_server):
     """The batch sizes the server's VAE is called with during a test."""
-    vae = small_server.state["backbones"].get("sd").pipe.vae
+    vae = small_server.state.backbones.get("sd").pipe.vae
     calls: list[int] = []
     original = vae.decode
 

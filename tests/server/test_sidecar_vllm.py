@@ -30,7 +30,7 @@ def _observations():
 def test_engine_policy_matches_transformers_token_for_token(vllm_server, tf_policy):
     """Same weights, greedy: the served AsyncLLM and model.generate give the same tokens, and
     vLLM's log-probs match a transformers forward pass."""
-    policy = vllm_server.state["engine"].policy  # the server's AsyncVLLMPolicy, called from this thread
+    policy = vllm_server.state.engine.policy  # the server's AsyncVLLMPolicy, called from this thread
     sampling = SamplingConfig(max_new_tokens=24, return_logprobs=True)
     conversations = [policy.messages_for(o) for o in _observations()]
     ours = policy.generate(conversations, sampling=sampling)
@@ -47,7 +47,7 @@ def test_lora_adapter_matches_peft(vllm_server, trained_dirs):
     policy_dir, adapter_dir = trained_dirs
     peft_policy = TransformersPolicy.from_pretrained(policy_dir, adapter=adapter_dir, device="cpu",
                                                      sampling=SamplingConfig(max_new_tokens=24))
-    engine_policy = vllm_server.state["engine"].policy
+    engine_policy = vllm_server.state.engine.policy
     conversations = [engine_policy.messages_for(o) for o in _observations()]
     with_adapter = engine_policy.generate(conversations, adapter="oil")
     assert [g.text for g in with_adapter] == [g.text for g in peft_policy.generate(conversations)]
@@ -77,7 +77,7 @@ def test_concurrent_requests_share_the_engine(vllm_server):
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         results = list(pool.map(one, range(48)))
     assert all(r.fallback is None and r.text == BASE_ANSWER for r in results)
-    assert {r.extra["model"] for r in results} == {str(vllm_server.state["engine"].model)}
+    assert {r.extra["model"] for r in results} == {str(vllm_server.state.engine.model)}
 
 
 def test_openai_client_against_a_real_vllm_serve(openai_endpoint, tf_policy):
