@@ -35,7 +35,7 @@ os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", "nobind")
 API_KEY = "test-key"
 ADMIN_KEY = "test-admin-key"
 VLLM_AVAILABLE = importlib.util.find_spec("vllm") is not None
-ENGINE_KWARGS = dict(dtype="float32", enforce_eager=True, max_model_len=2048, kv_cache_memory_bytes=256 * 2**20)
+ENGINE_KWARGS = {"dtype": "float32", "enforce_eager": True, "max_model_len": 2048, "kv_cache_memory_bytes": 256 * 2**20}
 
 
 def free_port() -> int:
@@ -68,6 +68,7 @@ class LiveServer:
 
 def start_server(settings, *, ready_timeout: float = 900.0) -> LiveServer:
     import uvicorn
+
     from promptloop.server import create_app
 
     port = free_port()
@@ -97,13 +98,13 @@ def start_server(settings, *, ready_timeout: float = 900.0) -> LiveServer:
 def server_settings(policy_dir, adapter_dir, backbone_dir, backend: str, **overrides):
     from promptloop.server import Settings
 
-    kwargs = dict(
-        policy=str(policy_dir), backend=backend, adapters={"oil": str(adapter_dir)}, adapter=None,
-        api_key=API_KEY, admin_key=ADMIN_KEY, backbones={"sd": str(backbone_dir)},
-        max_body_bytes=8 * 2**20, max_image_pixels=1024 * 1024, max_request_pixels=2 * 1024 * 1024,
-        receive_timeout_s=2.0, request_timeout_s=120.0,
-        max_new_tokens=24, device="cpu",
-    )
+    kwargs = {
+        "policy": str(policy_dir), "backend": backend, "adapters": {"oil": str(adapter_dir)}, "adapter": None,
+        "api_key": API_KEY, "admin_key": ADMIN_KEY, "backbones": {"sd": str(backbone_dir)},
+        "max_body_bytes": 8 * 2**20, "max_image_pixels": 1024 * 1024, "max_request_pixels": 2 * 1024 * 1024,
+        "receive_timeout_s": 2.0, "request_timeout_s": 120.0,
+        "max_new_tokens": 24, "device": "cpu",
+    }
     if backend == "vllm":
         kwargs.update(ENGINE_KWARGS, enable_lora=True, max_lora_rank=16)
     kwargs.update(overrides)
@@ -145,7 +146,7 @@ def openai_endpoint(trained_dirs, tmp_path_factory):
         "--limit-mm-per-prompt", '{"image": 1}', "--enable-lora", "--max-lora-rank", "16",
         "--lora-modules", f"oil={adapter_dir}", "--disable-log-stats",
     ]
-    handle = open(log, "wb")
+    handle = open(log, "wb")  # noqa: SIM115 - vllm serve writes to it until the fixture ends
     proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ})
     url = f"http://127.0.0.1:{port}/v1"
 
