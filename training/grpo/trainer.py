@@ -4,8 +4,9 @@ Each step: ``per_device_prompts`` prompts per process, ``num_generations`` rollo
 the real loop (:func:`~promptloop.training.rollouts.rollout`); every refinement action of a
 trajectory shares its final-image reward; advantages are normalised within each prompt's group;
 then ``num_iterations`` optimiser updates on the PPO-clipped token loss (+ ``beta`` x k3 KL to
-the reference policy, which is the same model with its LoRA adapter disabled), each accumulated
-over ``gradient_accumulation_steps`` micro-batches. The output is a peft adapter directory.
+the reference policy: the policy as training started, i.e. the same model with its LoRA adapter
+disabled, or with the ``init_adapter`` weights swapped in), each accumulated over
+``gradient_accumulation_steps`` micro-batches. The output is a peft adapter directory.
 
     from promptloop.training.config import GRPOConfig, load_config
     from promptloop.training.grpo.trainer import GRPOTrainer
@@ -66,6 +67,12 @@ class GRPOTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ValueError("the policy model has no trainable parameters (expected a peft LoRA model)")
+        # The KL reference is the policy as training starts. A fresh LoRA starts as the base model
+        # (its adapter disabled); a started adapter is kept as a copy of its weights.
+        self._reference_weights: dict[str, torch.Tensor] | None = None
+        if config.init_adapter and config.beta != 0.0:
+            self._reference_weights = {name: p.detach().clone() for name, p in model.named_parameters()
+                                       if p.requires_grad}
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                                       eps=config.adam_epsilon, weight_decay=config.weight_decay)
         from transformers import get_scheduler
@@ -154,6 +161,25 @@ class GRPOTrainer:
             return self.policy.score([a.conversation for a in actions], [a.token_ids for a in actions],
                                      model=model, temperature=self.config.temperature)
 
+    @contextlib.contextmanager
+    def _reference_policy(self):
+        """Within: the model is the KL reference (see ``__init__``); restored exactly after."""
+        if self._reference_weights is None:
+            with self.unwrapped.disable_adapter():
+                yield
+            return
+        params = {name: p for name, p in self.unwrapped.named_parameters() if name in self._reference_weights}
+        current = {name: p.detach().clone() for name, p in params.items()}
+        try:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(self._reference_weights[name])
+            yield
+        finally:
+            with torch.no_grad():
+                for name, p in params.items():
+                    p.copy_(current[name])
+
     def _micro_batches(self, n: int) -> list[list[int]]:
         k = min(self.config.gradient_accumulation_steps, max(1, n))
         size = math.ceil(n / k) if n else 0
@@ -180,7 +206,7 @@ class GRPOTrainer:
         if c.num_iterations > 1:  # the sampling policy's log-probs, computed once as TRL does
             old = [self._score([actions[i] for i in g], grad=False).logprobs for g in groups]
         if c.beta != 0.0:
-            with self.unwrapped.disable_adapter():
+            with self._reference_policy():
                 ref = [self._score([actions[i] for i in g], grad=False).logprobs for g in groups]
         score_s = time.perf_counter() - t_score
 
