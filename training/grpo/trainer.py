@@ -3,8 +3,9 @@
 Each step: ``per_device_prompts`` prompts per process, ``num_generations`` rollouts each through
 the real loop (:func:`~promptloop.training.rollouts.rollout`); every refinement action of a
 trajectory shares its final-image reward; advantages are normalised within each prompt's group;
-then ``num_iterations`` optimiser updates on the PPO-clipped token loss (+ ``beta`` x k3 KL to
-the reference policy: the policy as training started, i.e. the same model with its LoRA adapter
+then ``num_iterations`` optimiser updates on the PPO-clipped token loss, whose ratio is taken
+against the log-probs recorded when the rollouts were sampled (+ ``beta`` x k3 KL to the
+reference policy: the policy as training started, i.e. the same model with its LoRA adapter
 disabled, or with the ``init_adapter`` weights swapped in), each accumulated over
 ``gradient_accumulation_steps`` micro-batches. The output is a peft adapter directory.
 
@@ -180,6 +181,13 @@ class GRPOTrainer:
                 for name, p in params.items():
                     p.copy_(current[name])
 
+    def _recorded_logprobs(self, actions: Sequence[ActionRecord], like: torch.Tensor) -> torch.Tensor:
+        """The sampling-time log-probs of ``actions``, right-padded to ``like``'s shape."""
+        out = torch.zeros_like(like)
+        for row, action in enumerate(actions):
+            out[row, :len(action.old_logprobs)] = torch.as_tensor(action.old_logprobs, dtype=out.dtype)
+        return out
+
     def _micro_batches(self, n: int) -> list[list[int]]:
         k = min(self.config.gradient_accumulation_steps, max(1, n))
         size = math.ceil(n / k) if n else 0
@@ -202,9 +210,7 @@ class GRPOTrainer:
         t_score = time.perf_counter()
         adv = torch.tensor([float(advantages[a.trajectory]) for a in actions], device=self.runtime.device)
         groups = self._micro_batches(len(actions))
-        old, ref = [None] * len(groups), [None] * len(groups)
-        if c.num_iterations > 1:  # the sampling policy's log-probs, computed once as TRL does
-            old = [self._score([actions[i] for i in g], grad=False).logprobs for g in groups]
+        ref: list[torch.Tensor | None] = [None] * len(groups)
         if c.beta != 0.0:
             with self._reference_policy():
                 ref = [self._score([actions[i] for i in g], grad=False).logprobs for g in groups]
@@ -224,7 +230,10 @@ class GRPOTrainer:
             for k, group in enumerate(groups):
                 scored = self._score([actions[i] for i in group], model=self.unwrapped)
                 logps = scored.logprobs
-                old_logps = old[k] if old[k] is not None else logps.detach()
+                # One update: the ratio is 1 (TRL's on-policy shortcut). Several: every update's
+                # ratio is against the log-probs recorded at sampling, before the first update.
+                old_logps = (logps.detach() if c.num_iterations == 1
+                             else self._recorded_logprobs([actions[i] for i in group], logps.detach()))
                 loss, stats = grpo_loss(
                     logps, old_logps, adv[group], scored.mask, ref_logps=ref[k], beta=c.beta,
                     epsilon=c.epsilon, epsilon_high=c.epsilon_high, loss_type=c.loss_type,
