@@ -232,9 +232,7 @@ class GRPOConfig(TrainConfig):
         check_choice("loss_type", self.loss_type, ("grpo", "dr_grpo", "dapo"))
         check_choice("rollout_backend", self.rollout_backend, ("transformers", "vllm"))
         check_choice("mode", self.mode, ("sync", "async", "ahead"))
-        from promptloop.preview import PREVIEW_KINDS
-
-        check_choice("preview", self.preview, PREVIEW_KINDS)
+        check_choice("preview", self.preview, ("vae", "linear"))  # taesd needs a model path: no field for it
         check_schedule("schedule", self.schedule, refine=True)
         check_schedule("eval_schedule", self.eval_schedule)
         try:

@@ -108,9 +108,7 @@ def check_eval(rows: Sequence[EvalRow], settings: Mapping[str, Any]) -> None:
             raise ConfigError("seeds", seeds, f"{seed!r} is not an integer >= 0")
     if len(set(seeds)) != len(seeds):
         raise ConfigError("seeds", seeds, "must be distinct")
-    from promptloop.preview import PREVIEW_KINDS
-
-    check_choice("preview", settings.get("preview", "vae"), PREVIEW_KINDS)
+    check_choice("preview", settings.get("preview", "vae"), ("vae", "linear"))  # taesd needs a model path
     if settings.get("device") is not None:
         check_device("device", settings["device"])
     check_dtype("dtype", settings.get("dtype"))

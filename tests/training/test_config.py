@@ -122,6 +122,7 @@ def test_intervals_and_choices_say_what_is_allowed():
              (GRPOConfig, {"schedule": "none"}, "schedule='none': refines nowhere"),
              (GRPOConfig, {"lr_scheduler_type": "cosin"}, "lr_scheduler_type='cosin': must be one of"),
              (GRPOConfig, {"height": 60}, "height=60: must be a multiple of 8"),
+             (GRPOConfig, {"preview": "taesd"}, "preview='taesd': must be one of vae, linear"),
              (DDPOConfig, {"timestep_fraction": 0}, "timestep_fraction=0.0: must be in (0, 1]"),
              (DDPOConfig, {"stat_min_count": 32}, "stat_min_count=32: must be <= stat_buffer_size (16)"),
              (B2Config, {"split_step_max": 30}, "split_step_max=30: must be <= num_inference_steps (20)"),
