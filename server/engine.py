@@ -263,7 +263,7 @@ class TransformersEngine(Engine):
             self._batcher.cancel()
             try:
                 await self._batcher
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001, S110 - cancelled on stop: its outcome is moot
                 pass
         self._executor.shutdown(wait=False, cancel_futures=True)
 

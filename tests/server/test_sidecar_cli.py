@@ -49,7 +49,7 @@ def test_serve_command_exits_non_zero_when_the_policy_cannot_load(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "promptloop.server", "--policy", str(tmp_path / "missing"), "--backend", "transformers",
          "--port", str(port), "--log-level", "error"],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True, text=True, timeout=240, check=False,
     )
     assert proc.returncode == 1
     assert "failed to load" in proc.stderr
@@ -87,7 +87,7 @@ if __name__ == "__main__":
     }}))
     policy.shutdown()
 """)
-    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600,
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=600, check=False,
                           env={**os.environ})
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]

@@ -15,11 +15,11 @@ import pytest
 import torch
 from conftest import ADMIN_KEY, API_KEY
 from PIL import Image
-from promptloop.wire import decode_tensors, encode_image, encode_latents, encode_tensors
 from trained_policy import ADAPTER_ANSWER, BASE_ANSWER
 
 from promptloop.policies.http import HTTPPolicy
 from promptloop.refinement import Fallback, Observation
+from promptloop.wire import decode_tensors, encode_image, encode_latents, encode_tensors
 
 
 def _png(color=(200, 40, 40), size=(64, 64)) -> str:
@@ -48,8 +48,8 @@ def test_hook_through_sidecar_gives_the_in_process_image(live_server, tf_policy,
     pipe.set_progress_bar_config(disable=True)
 
     def run(callback=None):
-        kwargs = dict(num_inference_steps=6, height=64, width=64, output_type="np", guidance_scale=5.0,
-                      generator=torch.Generator().manual_seed(0))
+        kwargs = {"num_inference_steps": 6, "height": 64, "width": 64, "output_type": "np", "guidance_scale": 5.0,
+                  "generator": torch.Generator().manual_seed(0)}
         if callback is not None:
             kwargs["callback_on_step_end"] = callback
         return pipe(["a red fox in the snow", "a lighthouse at dusk"], **kwargs).images
