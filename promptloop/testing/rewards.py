@@ -4,6 +4,8 @@
   CLIP tokenizer, 32-pixel images) that the ``clip``, ``pickscore`` and ``aesthetic`` rewards load.
 * :func:`build_tiny_bert_tokenizer` - a word-piece ``BertTokenizer`` over the tiny prompts' words
   (plus single letters), standing in for ``bert-base-uncased`` in ImageReward tests.
+* ``final_prompt_says`` (registered on import) - GRPO's sanity reward: 1 when the final prompt
+  contains a word (default ``large``), else 0; a clear signal the policy alone controls.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ from transformers import (
     CLIPProcessor,
     CLIPVisionConfig,
 )
+
+from promptloop.rewards.registry import register_reward
 
 from .prompts import EXTRA_WORDS, TINY_PROMPTS
 from .tokenization import build_clip_tokenizer
@@ -60,3 +64,15 @@ def build_tiny_bert_tokenizer() -> BertTokenizer:
     tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *letters, *(f"##{c}" for c in letters),
               *(w for w in words if len(w) > 1), ",", "."]
     return BertTokenizer(vocab={token: i for i, token in enumerate(tokens)})
+
+
+@register_reward("final_prompt_says")
+def final_prompt_says(word: str = "large"):
+    """1.0 per sample whose final prompt (``metadata["final_prompt"]``) has ``word`` as a word."""
+    word = word.lower()
+
+    def score(images, prompts, metadata=None):
+        finals = [m["final_prompt"] for m in metadata] if metadata else list(prompts)
+        return [float(word in re.findall(r"[a-z]+", text.lower())) for text in finals]
+
+    return score

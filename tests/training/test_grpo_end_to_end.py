@@ -1,6 +1,10 @@
-"""End to end on tiny models: a short GRPO run raises the held-out JPEG-compressibility reward
-above the untrained policy's (one seed here; benchmarks/study_grpo_tiny.py runs several and
-reports the effect size)."""
+"""End to end on a trained tiny world: GRPO moves the policy toward what the reward asks for.
+
+The reward is the sanity reward ``final_prompt_says`` (1 when the final prompt says "large"): a
+clear signal that only the policy's rewrites control, so its effect holds on every seed and both
+CPU kernel sets (``ATEN_CPU_CAPABILITY=default`` / ``avx2``). The JPEG-compressibility effect this
+test used to assert did not replicate across seeds; it is a study now
+(``benchmarks/study_grpo_tiny.py --preset shapes-jpeg``, figures in docs/training.md)."""
 
 from __future__ import annotations
 
@@ -9,23 +13,28 @@ from pathlib import Path
 import pytest
 import torch
 
+import promptloop.testing.rewards  # noqa: F401  (registers final_prompt_says)
 from promptloop.training.config import GRPOConfig, load_config
 from promptloop.training.grpo.trainer import GRPOTrainer
 
 ROOT = Path(__file__).resolve().parents[2]
 
+#: The settings benchmarks/study_grpo_tiny.py --preset shapes-large measures over seeds.
+SAYS_LARGE = [
+    "reward=final_prompt_says", "eval_metrics=[]", "beta=0", "max_steps=12", "learning_rate=3e-3",
+    "num_inference_steps=4", "schedule=random:1", "eval_schedule=evenly:1", "eval_num_prompts=32",
+]
+
 
 @pytest.mark.slow
-def test_short_run_raises_the_heldout_reward(tmp_path):
-    """15 GRPO steps of the shipped ShapesWorld policy on backbone A, rewarded by JPEG compressibility
-    (a reward the policy's words can move: fewer and smaller shapes compress better), raise it on
-    16 held-out prompts. On 2026-12-07 seeds 0 and 1 gave +0.030 and +0.030 kB. (The random tiny
-    pipeline's images barely depend on the prompt: there the effect was +0.0014 kB and vanished
-    with another build of the warm-started policy.)"""
+def test_short_run_teaches_the_policy_what_the_reward_asks_for(tmp_path):
+    """12 GRPO steps (4 prompts x 4 rollouts) of the shipped ShapesWorld SFT policy on backbone A
+    raise the share of 32 held-out final prompts that say "large". Measured 2026-12-07 on seeds
+    0-4 under both kernel sets (identical figures): gains +0.344 (this seed), +0.344, +0.375,
+    +0.281 and +0.094 (0.656 -> 0.750); the threshold is about half the worst."""
     config = load_config(GRPOConfig, ROOT / "training/configs/grpo_shapes.yaml", [
-        f"output_dir={tmp_path}", "seed=0", "max_steps=15", "learning_rate=2e-3", "eval_steps=0",
-        "save_steps=0", "progress=false", "report_to=none", "reward=jpeg_compressibility", "eval_metrics=[]",
-        "num_inference_steps=10", "eval_num_prompts=16", "eval_on_start=false",
+        *SAYS_LARGE, f"output_dir={tmp_path}", "seed=0", "eval_steps=0", "save_steps=0", "progress=false",
+        "report_to=none", "eval_on_start=false",
     ])
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -36,5 +45,5 @@ def test_short_run_raises_the_heldout_reward(tmp_path):
         after = trainer.evaluate(config.max_steps)["eval/reward"]
     finally:
         torch.set_num_threads(threads)
-    assert after > before + 0.01, f"held-out reward {before:.4f} -> {after:.4f}"
-    assert (tmp_path / "eval" / "step-15.png").exists()
+    assert after >= before + 0.05, f"held-out share saying 'large' {before:.3f} -> {after:.3f}"
+    assert (tmp_path / "eval" / "step-12.png").exists()

@@ -287,16 +287,21 @@ class GRPOTrainer:
         return out
 
     # -- evaluation -------------------------------------------------------------------------
+    def heldout_rollout(self) -> RolloutBatch:
+        """One rollout of each held-out prompt as :meth:`evaluate` samples them (``eval_schedule``,
+        ``eval_temperature``, latents fixed by the seed), scored with the training reward."""
+        c = self.config
+        temperature = c.eval_temperature if c.eval_temperature > 0 else 0.0
+        return self._rollout(self.eval_prompts, derived_seed(c.seed, 10_000), schedule=c.eval_schedule,
+                             temperature=temperature, num_generations=1)
+
     def evaluate(self, step: int) -> dict[str, float]:
         """Mean reward on the held-out prompts (``eval_schedule``, ``eval_temperature``, fixed
         latents); writes ``eval/step-{step}.png`` (trace strip with the final images). The main
         process evaluates; the others wait."""
-        c = self.config
         metrics: dict[str, float] = {}
         if self.runtime.is_main and self.eval_prompts:
-            temperature = c.eval_temperature if c.eval_temperature > 0 else 0.0
-            batch = self._rollout(self.eval_prompts, derived_seed(c.seed, 10_000), schedule=c.eval_schedule,
-                                  temperature=temperature, num_generations=1)
+            batch = self.heldout_rollout()
             metrics["eval/reward"] = float(torch.tensor(batch.rewards).mean())
             for name, values in batch.reward_terms.items():
                 metrics[f"eval/{name}"] = float(torch.tensor(values).mean())
