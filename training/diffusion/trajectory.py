@@ -22,6 +22,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from promptloop.backbones import EncodedPrompts, adapter_for
 from promptloop.capture import SchedulerCapture
 from promptloop.training.diffusion.ddim_logprob import DDIMLogProbStep
 
@@ -82,43 +83,50 @@ class Conditioning:
         return Conditioning(*(joined(f.name) for f in fields(first)))
 
 
-def _is_sdxl(pipe: Any) -> bool:
-    """An SDXL-style pipeline: its UNet takes pooled text embeddings and size/crop time ids."""
-    unet = getattr(pipe, "unet", None)
-    return unet is not None and unet.config.get("addition_embed_type") == "text_time"
+#: Families whose denoiser is a UNet that :func:`predict_noise` calls (SD 1.x/2.x and SDXL).
+UNET_FAMILIES = ("sd", "sdxl")
 
 
 @torch.no_grad()
 def encode_prompts(pipe: Any, prompts: Sequence[str], *, cfg: bool, negative_prompt: str = "",
                    height: int | None = None, width: int | None = None) -> Conditioning:
-    """Encode ``prompts`` with the pipeline's own ``encode_prompt``.
+    """Encode ``prompts`` (and, with ``cfg``, ``negative_prompt`` once per prompt) with the
+    family adapter of :mod:`promptloop.backbones`: the pipeline's own ``encode_prompt``, as the
+    hook encodes a refined prompt.
 
-    Stable Diffusion 1.x/2.x (a UNet with cross-attention on one text encoder) gives the
-    embeddings alone. SDXL also gives the pooled embeddings and the time ids that
+    SDXL's UNet also takes the pooled embeddings and the time ids that
     ``StableDiffusionXLPipeline.__call__`` builds with its defaults (original and target size
     ``(height, width)``, crop ``(0, 0)``; ``height``/``width`` default to the pipeline's). For
     SDXL an empty ``negative_prompt`` means the pipeline's own default unconditional input
     (zeros when ``force_zeros_for_empty_prompt``), as ``pipe(prompt)`` does.
     """
-    device = pipe._execution_device
+    adapter = adapter_for(pipe)
+    if adapter.family not in UNET_FAMILIES:
+        raise ValueError(f"DDPO/B² train a UNet backbone ({', '.join(UNET_FAMILIES)}); "
+                         f"{type(pipe).__name__} is {adapter.family!r}")
     n = len(prompts)
-    if not _is_sdxl(pipe):
-        embeds, negative = pipe.encode_prompt(list(prompts), device, 1, cfg,
-                                              negative_prompt=[negative_prompt] * n if cfg else None)
-        return Conditioning(embeds, negative if cfg else None)
-    embeds, negative, pooled, negative_pooled = pipe.encode_prompt(
-        list(prompts), device=device, num_images_per_prompt=1, do_classifier_free_guidance=cfg,
-        negative_prompt=[negative_prompt] * n if cfg and negative_prompt else None)
+    positive = adapter.encode(pipe, list(prompts), {})
+    negative = None
+    if cfg:
+        if not negative_prompt and getattr(pipe.config, "force_zeros_for_empty_prompt", False):
+            negative = EncodedPrompts(*(None if x is None else torch.zeros_like(x)
+                                        for x in (positive.prompt_embeds, positive.pooled_prompt_embeds)))
+        else:
+            negative = adapter.encode(pipe, [negative_prompt] * n, {})
+    if positive.pooled_prompt_embeds is None:
+        return Conditioning(positive.prompt_embeds, None if negative is None else negative.prompt_embeds)
+    embeds, pooled = positive.prompt_embeds, positive.pooled_prompt_embeds
     size = pipe.default_sample_size * pipe.vae_scale_factor
     size = (height or size, width or size)
     encoder_2 = getattr(pipe, "text_encoder_2", None)
     projection_dim = int(pooled.shape[-1]) if encoder_2 is None else encoder_2.config.projection_dim
-    time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=embeds.dtype,
-                                      text_encoder_projection_dim=projection_dim).to(device).repeat(n, 1)
+    time_ids = pipe._get_add_time_ids(size, (0, 0), size, dtype=embeds.dtype, text_encoder_projection_dim=projection_dim)
+    time_ids = time_ids.to(adapter.device(pipe)).repeat(n, 1)
     added = {"text_embeds": pooled, "time_ids": time_ids}
-    if not cfg:
+    if negative is None:
         return Conditioning(embeds, None, added)
-    return Conditioning(embeds, negative, added, {"text_embeds": negative_pooled, "time_ids": time_ids.clone()})
+    return Conditioning(embeds, negative.prompt_embeds, added,
+                        {"text_embeds": negative.pooled_prompt_embeds, "time_ids": time_ids.clone()})
 
 
 def predict_noise(unet: Any, latents: torch.Tensor, timesteps: torch.Tensor | int, cond: Conditioning,
