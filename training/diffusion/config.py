@@ -14,14 +14,46 @@ loads (:attr:`RANGES` per class, then the consistency rules of :meth:`check_valu
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar, TypeVar
 
 from promptloop.training.config import TrainConfig
 from promptloop.training.diffusion.lora import DEFAULT_UNET_TARGETS
 from promptloop.validation import ConfigError, check_choice, check_prompts
 
 OBJECTIVES = ("is", "sf", "rwr")
+T = TypeVar("T")
+
+
+def _inherited_defaults(**defaults: Any) -> Callable[[type[T]], type[T]]:
+    """Class decorator, applied under ``@dataclass``: new defaults for fields the class inherits.
+
+    Each name is re-declared with the parent's (resolved) type, which is how a dataclass changes an
+    inherited default: the field keeps its place, its type for YAML/``--set`` loading and its docs
+    in the parent. A name that is not an inherited field is an error (a plain re-declaration with
+    a typo would silently add a field).
+    """
+
+    def apply(cls: type[T]) -> type[T]:
+        parent = cls.__mro__[1]
+        hints = typing.get_type_hints(parent)
+        inherited = {f.name for f in dataclasses.fields(parent)}
+        annotations = dict(inspect.get_annotations(cls))
+        for name, value in defaults.items():
+            if name not in inherited:
+                raise TypeError(f"{cls.__name__}: {name!r} is not a field inherited from {parent.__name__}")
+            if name in annotations:
+                raise TypeError(f"{cls.__name__}: {name!r} is declared in the class body too")
+            annotations[name] = hints[name]
+            setattr(cls, name, value)
+        cls.__annotations__ = annotations
+        return cls
+
+    return apply
 
 
 @dataclass
@@ -98,9 +130,16 @@ class DDPOConfig(TrainConfig):
 
 
 @dataclass
+@_inherited_defaults(
+    output_dir="runs/b2", max_steps=100, num_inference_steps=20, sample_batch_size=8, sample_num_batches_per_epoch=32,
+    train_batch_size=2, gradient_accumulation_steps=64, num_inner_epochs=2, clip_range=0.1, adv_clip_max=5.0,
+    learning_rate=1e-4, weight_decay=1e-4, objective="is",
+    per_prompt_stat_tracking=False,  # B² uses its stage history instead
+)
 class B2Config(DDPOConfig):
     """B²-DiffuRL (arXiv 2503.11240) on the DDPO-IS optimiser; defaults follow the authors' code
-    (hu-zijing/B2-DiffuRL, ``run_process.sh`` and ``config/stage_process.py``).
+    (hu-zijing/B2-DiffuRL, ``run_process.sh`` and ``config/stage_process.py``), those of inherited
+    fields in the decorator above.
 
     ``max_steps`` counts stages; each samples, selects and trains. At stage ``i`` of
     ``schedule_stages`` (default ``max_steps``) the branch point is step index
@@ -108,10 +147,7 @@ class B2Config(DDPOConfig):
     floor(i * (split_step_max - split_step_min + 1) / schedule_stages)``.
     """
 
-    output_dir: str = "runs/b2"
-    max_steps: int = 100
     schedule_stages: int | None = None
-    num_inference_steps: int = 20
     split_step_min: int = 14
     split_step_max: int = 20
     #: Branches continued from each shared prefix (``split_time`` in the authors' code).
@@ -124,17 +160,6 @@ class B2Config(DDPOConfig):
     #: Advantage weights of kept positive / negative samples (``beta1`` / ``beta2``).
     pos_weight: float = 1.0
     neg_weight: float = 1.0
-    sample_batch_size: int = 8
-    sample_num_batches_per_epoch: int = 32
-    train_batch_size: int = 2
-    gradient_accumulation_steps: int = 64
-    num_inner_epochs: int = 2
-    clip_range: float = 0.1
-    adv_clip_max: float = 5.0
-    learning_rate: float = 1e-4
-    weight_decay: float = 1e-4
-    objective: str = "is"
-    per_prompt_stat_tracking: bool = False  # B² uses its stage history instead
 
     RANGES: ClassVar[dict[str, str | None]] = {
         "schedule_stages": ">= 1", "split_step_min": ">= 1", "split_step_max": ">= 1", "num_branches": ">= 2",
@@ -155,4 +180,4 @@ class B2Config(DDPOConfig):
             raise ConfigError("neg_threshold", self.neg_threshold, f"must be <= pos_threshold ({self.pos_threshold})")
 
 
-__all__ = ["B2Config", "DDPOConfig", "OBJECTIVES"]
+__all__ = ["OBJECTIVES", "B2Config", "DDPOConfig"]
