@@ -56,6 +56,41 @@ def _cpu_platform() -> bool:
         return False
 
 
+def compile_guard_env() -> dict[str, str]:
+    """Environment vLLM's processes need on this machine's CPU kernels: usually nothing.
+
+    vLLM's sampler runs some functions through ``torch.compile`` (log-probs, for one). Where
+    inductor has no vector instruction set to generate for (an x86 CPU without AVX2, or
+    ``ATEN_CPU_CAPABILITY=default``), its scalar C++ for them does not compile with torch 2.13 and
+    the engine dies on the first request. There those functions must run eagerly:
+    ``{"TORCH_COMPILE_DISABLE": "1"}``. On a GPU, or a CPU with AVX2 / AVX-512, ``{}``.
+    """
+    if os.environ.get("TORCH_COMPILE_DISABLE") == "1" or not _cpu_platform():
+        return {}
+    try:
+        from torch._inductor.cpu_vec_isa import pick_vec_isa
+
+        if bool(pick_vec_isa()):
+            return {}
+    except Exception:  # noqa: BLE001 - no inductor: nothing will be compiled either
+        return {}
+    return {"TORCH_COMPILE_DISABLE": "1"}
+
+
+def _guard_compile() -> None:
+    """Apply :func:`compile_guard_env` here and in the engine's processes, with a warning."""
+    env = compile_guard_env()
+    if not env:
+        return
+    import torch._dynamo
+
+    logger.warning("no vector ISA for torch.compile on this CPU (ATEN_CPU_CAPABILITY=%s): vLLM's "
+                   "compiled sampler functions run eagerly (TORCH_COMPILE_DISABLE=1)",
+                   os.environ.get("ATEN_CPU_CAPABILITY", "unset"))
+    os.environ.update(env)
+    torch._dynamo.config.disable = True
+
+
 @dataclass
 class VLLMRequests:
     """One call's engine inputs (see :meth:`VLLMPolicy.requests`)."""
@@ -184,6 +219,7 @@ class VLLMPolicy(GenerativePolicy):
         from vllm import LLM
 
         _ = self.processor
+        _guard_compile()
         self._engine = LLM(**self.engine_args)
         for request in self._adapters.values():
             self._engine.llm_engine.add_lora(request)
@@ -388,6 +424,7 @@ class AsyncVLLMPolicy(VLLMPolicy):
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(None, lambda: self.processor)
         args = AsyncEngineArgs(**self.engine_args)
+        _guard_compile()
         # Engine creation blocks for tens of seconds (process start, weight load): keep the
         # loop answering health checks meanwhile. AsyncLLM starts its output handler lazily on
         # the loop of the first request.

@@ -133,6 +133,8 @@ def openai_endpoint(trained_dirs, tmp_path_factory):
     in the background; ``wait()`` blocks until it answers."""
     if not VLLM_AVAILABLE:
         pytest.skip("vllm is not installed")
+    from promptloop.policies.vllm import compile_guard_env
+
     policy_dir, adapter_dir = trained_dirs
     port = free_port()
     log = tmp_path_factory.mktemp("vllm-serve") / "vllm-serve.log"
@@ -147,7 +149,7 @@ def openai_endpoint(trained_dirs, tmp_path_factory):
         "--lora-modules", f"oil={adapter_dir}", "--disable-log-stats",
     ]
     handle = open(log, "wb")  # noqa: SIM115 - vllm serve writes to it until the fixture ends
-    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ})
+    proc = subprocess.Popen(cmd, stdout=handle, stderr=subprocess.STDOUT, env={**os.environ, **compile_guard_env()})
     url = f"http://127.0.0.1:{port}/v1"
 
     class Endpoint:
