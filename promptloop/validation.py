@@ -147,7 +147,7 @@ def check_rewards(field: str, spec: Any, options: Mapping[str, Any] | None = Non
     ``options`` give only keyword options the reward factories take, naming existing local paths."""
     import inspect
 
-    from promptloop.rewards.registry import _REGISTRY, available_rewards, parse_reward_spec
+    from promptloop.rewards.registry import available_rewards, parse_reward_spec, reward_factory
 
     try:
         if isinstance(spec, (list, tuple)):
@@ -172,7 +172,7 @@ def check_rewards(field: str, spec: Any, options: Mapping[str, Any] | None = Non
             raise ConfigError(where, opts, f"{name!r} is not a reward of {field} ({', '.join(weights)})")
         if not isinstance(opts, Mapping):
             raise ConfigError(where, opts, "must be a mapping of keyword options")
-        params = inspect.signature(_REGISTRY[name]).parameters
+        params = inspect.signature(reward_factory(name)).parameters
         takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
         for key, value in opts.items():
             if not takes_any and key not in params:

@@ -167,9 +167,9 @@ class TrainConfig:
         if Path(self.output_dir).exists() and not Path(self.output_dir).is_dir():
             raise ConfigError("output_dir", self.output_dir, "is a file, not a folder")
         if self.resume_from_checkpoint not in (None, "latest"):
-            from promptloop.training.runtime import _STATE_FILE
+            from promptloop.training.runtime import _STATE_FILE, is_checkpoint
 
-            if not (Path(self.resume_from_checkpoint) / _STATE_FILE).is_file():
+            if not is_checkpoint(self.resume_from_checkpoint):
                 raise ConfigError("resume_from_checkpoint", self.resume_from_checkpoint,
                                   f"is not a checkpoint folder (no {_STATE_FILE}); or use latest")
         check_prompts("prompts", self.prompts)

@@ -34,6 +34,11 @@ CHECKPOINT_PREFIX = "checkpoint-"
 _STATE_FILE = "trainer_state.json"
 
 
+def is_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a checkpoint folder this runtime wrote (it holds the trainer state)."""
+    return (Path(path) / _STATE_FILE).is_file()
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices)."""
     random.seed(seed)
@@ -209,7 +214,7 @@ class Runtime:
         if not self.output_dir.exists():
             return []
         found = [p for p in self.output_dir.iterdir()
-                 if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name) and (p / _STATE_FILE).exists()]
+                 if p.is_dir() and re.fullmatch(rf"{CHECKPOINT_PREFIX}\d+", p.name) and is_checkpoint(p)]
         return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX):]))
 
     def resolve_checkpoint(self, spec: str | None) -> Path | None:

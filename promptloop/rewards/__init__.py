@@ -20,6 +20,7 @@ from promptloop.rewards.registry import (
     parse_reward_spec,
     register_reward,
     register_reward_module,
+    reward_factory,
 )
 
 # The built-ins: each module registers its rewards when first needed (weights load only when built).
@@ -36,4 +37,5 @@ __all__ = [
     "parse_reward_spec",
     "register_reward",
     "register_reward_module",
+    "reward_factory",
 ]

@@ -61,14 +61,18 @@ def available_rewards() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_reward(name: str, **options: Any) -> Reward:
-    """Build the reward registered as ``name`` with its factory's keyword ``options``."""
+def reward_factory(name: str) -> RewardFactory:
+    """The factory registered as ``name`` (its signature lists the reward's options)."""
     _import_pending()
     try:
-        factory = _REGISTRY[name]
+        return _REGISTRY[name]
     except KeyError:
         raise KeyError(f"unknown reward {name!r}; registered: {', '.join(sorted(_REGISTRY))}") from None
-    return factory(**options)
+
+
+def get_reward(name: str, **options: Any) -> Reward:
+    """Build the reward registered as ``name`` with its factory's keyword ``options``."""
+    return reward_factory(name)(**options)
 
 
 def parse_reward_spec(spec: str | Mapping[str, float]) -> dict[str, float]:
