@@ -157,6 +157,8 @@ def caption(scene: Scene, style: str = "terse") -> str:
         for a, b in zip(scene.shapes, scene.shapes[1:]):
             text += f" {relation(a, b)} {_np(b, size=False, position=False)}"
         return text
+    if style in EXTRA_STYLES:  # captions that do not match the scene (appended below)
+        return EXTRA_STYLES[style](scene)
     raise ValueError(f"unknown caption style {style!r}; choose from {STYLES}")
 
 
@@ -283,3 +285,36 @@ def is_valid_prompt(prompt: str) -> bool:
     except ParseError:
         return False
     return True
+
+
+# --------------------------------------------------------------------------- phantom captions (issue 22)
+
+
+def phantom_shapes(scene: Scene) -> list[Shape]:
+    """The scene's shapes in reading order with one *phantom* shape inserted (a shape the image
+    lacks): random colour, kind and size, in a free cell, at a random position other than the first.
+    Deterministic per scene (drawn from its seed), so a training caption is reproducible."""
+    rng = random.Random(f"phantom {scene.seed if scene.seed is not None else scene.shapes}")
+    used = {s.cell for s in scene.shapes}
+    cell = rng.choice([c for c in CELL_PHRASES if c not in used])
+    phantom = Shape(rng.choice(sorted(COLORS)), rng.choice(KINDS), rng.choice(SIZES), cell)
+    shapes = list(scene.shapes)
+    shapes.insert(rng.randint(1, len(shapes)), phantom)
+    return shapes
+
+
+def phantom_caption(scene: Scene) -> str:
+    """A ``full`` caption that also names a shape the image lacks (never first): noisy alt-text, as
+    web captions name what is out of frame or hidden."""
+    return explicit_caption(phantom_shapes(scene))
+
+
+#: Caption styles outside :data:`STYLES` (training only; they do not describe the scene exactly).
+EXTRA_STYLES: dict = {"phantom": phantom_caption}
+
+#: A *phantom* caption mix (issue 22): every caption is explicit (``full``), but 60 % of them also
+#: name a shape the image lacks, never first. A backbone trained on it learns that a later-named
+#: shape is present only sometimes, and which one it draws depends on the noise; the first-named
+#: shape is always drawn.
+PHANTOM_STYLE_WEIGHTS: dict[str, float] = {"full": 0.4, "phantom": 0.6}
+CAPTION_MIXES["phantom"] = PHANTOM_STYLE_WEIGHTS
