@@ -82,20 +82,23 @@ def _write_outputs(out: Path, images, hook, meta: dict) -> None:
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for images and the trace.")] = Path("promptloop-demo"),
     world: Annotated[str, typer.Option(
-        help="shapes: ShapesWorld's shipped backbone and policy, with exact rewards before/after; "
-             "random: tiny random-weight models (--family, --preview, --size, --policy-steps apply).")] = "shapes",
+        help="A world (`promptloop.worlds`; shapes: ShapesWorld's shipped backbone and policy, with exact "
+             "rewards before/after) or random: tiny random-weight models (--family, --preview, --size, "
+             "--policy-steps apply).")] = "shapes",
     family: Annotated[str, typer.Option(help="Tiny backbone family: sd, sdxl, sd3 or flux.")] = "sd",
     prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="Prompt (repeatable).")] = None,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 20,
+    steps: Annotated[int | None, typer.Option(
+        help="Denoising steps (default: the world's, 20 on ShapesWorld; 20 on random models).")] = None,
     schedule: Annotated[str | None, typer.Option(
-        "--schedule", help="Where to refine (default: evenly:2 on ShapesWorld, as trained and evaluated; "
-                           "evenly:3 on random models).")] = None,
+        "--schedule", help="Where to refine (default: the world's, evenly:2 on ShapesWorld, as trained and "
+                           "evaluated; evenly:3 on random models).")] = None,
     mode: ModeOpt = "sync",
     preview: PreviewOpt = "vae",
-    backbone: Annotated[str, typer.Option(help="ShapesWorld backbone: backbone-c (default; trained on descriptive "
-                                               "captions), backbone-a/-b/-d, or a folder.")] = "backbone-c",
-    adapter: Annotated[str, typer.Option(help="ShapesWorld policy LoRA: 'none' (default: the SFT start alone), "
-                                              "policy-grpo (the shipped GRPO one) or a folder.")] = "none",
+    backbone: Annotated[str | None, typer.Option(
+        help="The world's shipped backbone (default: its own; on ShapesWorld backbone-c, trained on descriptive "
+             "captions; or backbone-a/-b/-d) or a folder.")] = None,
+    adapter: Annotated[str, typer.Option(help="Policy LoRA of the world: 'none' (default: the shipped policy alone), "
+                                              "a shipped one (ShapesWorld: policy-grpo) or a folder.")] = "none",
     size: Annotated[int, typer.Option(help="Image size in pixels (tiny models: keep it small).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
     policy_steps: Annotated[int, typer.Option(
@@ -103,7 +106,7 @@ def demo(
              "whose output is rejected as garbage; the trace then shows the fallbacks).")] = 300,
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
-    """Run the loop on ShapesWorld (default) or on tiny random models built in code (no download).
+    """Run the loop on a world (default: ShapesWorld) or on tiny random models built in code (no download).
 
     ShapesWorld (--world shapes): a small Stable Diffusion pipeline trained here on images of
     coloured shapes, and a tiny Qwen2-VL policy supervised to restate prompts explicitly, both
@@ -117,14 +120,19 @@ def demo(
     strip) go to --out. The diffusion model is random: the point is to see the loop.
     """
     _setup_logging(verbose)
-    if world == "shapes":
-        from promptloop.worlds.shapes.demo import SCHEDULE, run_demo
-
-        run_demo(out, prompts=prompt, backbone=backbone, adapter=None if adapter == "none" else adapter, steps=steps,
-                 schedule=schedule or SCHEDULE, mode=mode, seed=seed, echo=typer.echo)
-        return
     if world != "random":
-        raise typer.BadParameter(f"unknown world {world!r}: choose shapes or random", param_hint="--world")
+        from promptloop.worlds import World, available_worlds, get_world
+
+        if world not in available_worlds():
+            raise typer.BadParameter(f"unknown world {world!r}: choose {', '.join(available_worlds())} or random",
+                                     param_hint="--world")
+        chosen = get_world(world)
+        if type(chosen).run_demo is World.run_demo:
+            raise typer.BadParameter(f"{chosen.title} has no demo; see {chosen.docs}", param_hint="--world")
+        chosen.run_demo(out, prompts=prompt, backbone=backbone, adapter=None if adapter == "none" else adapter,
+                        steps=steps, schedule=schedule, mode=mode, seed=seed, echo=typer.echo)
+        return
+    steps = steps or 20
     import torch
 
     from promptloop import PromptLoopHook
@@ -146,7 +154,8 @@ def demo(
         policy = TransformersPolicy.from_pretrained(policy_dir, device="cpu", dtype="float32",
                                                     sampling=SamplingConfig(max_new_tokens=48))
     hook = PromptLoopHook(policy, schedule=schedule or "evenly:3", mode=mode, preview=preview, preview_size=128)
-    kwargs = dict(num_inference_steps=steps, height=size, width=size, generator=torch.Generator().manual_seed(seed))
+    kwargs = {"num_inference_steps": steps, "height": size, "width": size,
+              "generator": torch.Generator().manual_seed(seed)}
     if family != "flux":
         kwargs["guidance_scale"] = 5.0
     start = time.perf_counter()
@@ -221,8 +230,8 @@ def generate(
                           api_key=api_key)
     hook = PromptLoopHook(refiner, schedule=schedule, mode=mode, preview=preview, taesd=taesd,
                           preview_size=preview_size, timeout_s=timeout)
-    kwargs = dict(num_inference_steps=steps, num_images_per_prompt=num_images,
-                  generator=torch.Generator(device="cpu").manual_seed(seed))
+    kwargs = {"num_inference_steps": steps, "num_images_per_prompt": num_images,
+              "generator": torch.Generator(device="cpu").manual_seed(seed)}
     for key, value in (("guidance_scale", guidance), ("height", height), ("width", width),
                        ("negative_prompt", negative_prompt)):
         if value is not None:
@@ -263,8 +272,8 @@ SURFACES: tuple[tuple[str, str, str, str | None], ...] = (
     ("train", "promptloop.training.cli:app",
      "Train the policy (GRPO) or the backbone (DDPO, B2-DiffuRL) from a YAML config.", "train"),
     ("eval", "promptloop.evaluation.command:eval_command",
-     "Score the backbone, tuned backbone and PromptLoop policies on held-out prompts and seeds "
-     "(table, CSV, plot, trace strips; resumable). See `promptloop eval --help`.", "eval"),
+     ("Score the backbone, tuned backbone and PromptLoop policies on held-out prompts and seeds "
+      "(table, CSV, plot, trace strips; resumable). See `promptloop eval --help`."), "eval"),
     ("experiment", "promptloop.training.shapes.experiment:app",
      "Run the ShapesWorld alignment experiment end to end (`promptloop experiment shapes --help`).", "train"),
 )

@@ -125,15 +125,14 @@ def check_schedule(field: str, value: Any, *, refine: bool = False) -> None:
 # -- inputs: prompt sets, rewards, models ----------------------------------------------------------
 def check_prompts(field: str, spec: Any) -> None:
     """A prompt set :func:`promptloop.prompts.load_prompts` resolves to at least one prompt."""
-    from promptloop.prompts import load_prompts
+    from promptloop.prompts import USAGE, load_prompts
 
     if not isinstance(spec, (str, list, tuple)):
         raise ConfigError(field, spec, "must be a prompt-set name, a text file or a list of prompts")
     try:
         prompts = load_prompts(spec)
     except FileNotFoundError:
-        raise ConfigError(field, spec, "no such prompt file (or use tiny, tiny-heldout, shapes[:N], "
-                                       "shapes-heldout[:N] or a list)") from None
+        raise ConfigError(field, spec, f"no such prompt file (or use {USAGE})") from None
     except (TypeError, ValueError) as exc:
         raise ConfigError(field, spec, str(exc)) from None
     if not prompts:
@@ -211,6 +210,13 @@ def check_model(field: str, spec: Any, *, kind: str) -> None:
         return
     if kind == "policy" and spec in ("tiny", "tiny-warm"):
         return
+    if kind != "folder":  # ``shapes:backbone-a``: a world's shipped asset
+        from promptloop.worlds import resolve_asset
+
+        try:
+            spec = resolve_asset(spec, kind) or spec
+        except (ValueError, FileNotFoundError) as exc:
+            raise ConfigError(field, spec, str(exc)) from None
     path = Path(spec).expanduser()
     if not path.exists():
         if kind == "folder":

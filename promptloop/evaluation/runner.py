@@ -35,7 +35,7 @@ class EvalReport:
 def load_row_models(row: EvalRow, settings: EvalSettings) -> tuple[Any, Any]:
     """The row's pipeline (with its LoRA, if any) and policy (with its adapter; ``None`` without)."""
     from promptloop.devices import default_device
-    from promptloop.specs import load_backbone, policy_base_path
+    from promptloop.specs import load_backbone, policy_adapter_path, policy_base_path
 
     device = settings.device or default_device()
     pipe = load_backbone(row.backbone, device=device, dtype=settings.dtype)
@@ -51,7 +51,7 @@ def load_row_models(row: EvalRow, settings: EvalSettings) -> tuple[Any, Any]:
         policy = TransformersPolicy.from_pretrained(policy_base_path(row.policy), device=device,
                                                     dtype=settings.dtype, sampling=sampling)
         if row.policy_adapter:
-            policy.add_adapter("default", row.policy_adapter)
+            policy.add_adapter("default", policy_adapter_path(row.policy_adapter))
     return pipe, policy
 
 

@@ -1,6 +1,18 @@
-"""ShapesWorld: coloured shapes, a caption grammar, an exact reward, and a backbone trained here."""
+"""ShapesWorld: coloured shapes, a caption grammar, an exact reward, and a backbone trained here.
 
-from promptloop.worlds.shapes.grammar import STYLES, ParseError, Spec, all_captions, caption, is_valid_prompt, parse_prompt
+What the CLI, ``promptloop eval`` and the training scripts ask about it (prompt sets, rewards,
+shipped assets) is :data:`promptloop.worlds.shapes.world.WORLD` (``get_world("shapes")``).
+"""
+
+from promptloop.worlds.shapes.grammar import (
+    STYLES,
+    ParseError,
+    Spec,
+    all_captions,
+    caption,
+    is_valid_prompt,
+    parse_prompt,
+)
 from promptloop.worlds.shapes.render import render_scene
 from promptloop.worlds.shapes.reward import ATTRIBUTES, fidelity, score_image, shapes_scores
 from promptloop.worlds.shapes.scene import Scene, Shape, sample_scene

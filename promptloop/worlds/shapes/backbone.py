@@ -3,8 +3,9 @@
 :func:`build_components` makes an untrained ``AutoencoderKL`` (64×64 RGB ↔ 8×8×4 latents), a
 ``CLIPTextModel`` with a word-level tokenizer over the grammar's vocabulary (a
 ``PreTrainedTokenizerFast``), a one-head ``UNet2DConditionModel`` and a ``DDIMScheduler``;
-``training/shapes/backbone.py`` trains them. :func:`load_backbone` loads a shipped one as a plain
-``StableDiffusionPipeline``.
+the training scripts (docs/shapesworld.md) train them. :func:`load_backbone` loads a shipped one as
+a plain ``StableDiffusionPipeline``; where the shipped ones live is the world's to say
+(:mod:`promptloop.worlds.shapes.world`).
 """
 
 from __future__ import annotations
@@ -12,14 +13,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from promptloop.worlds.shapes.grammar import VOCABULARY
+from promptloop.worlds.shapes.world import ASSETS, BACKBONES, DEFAULT_GUIDANCE, DEFAULT_STEPS, WORLD
 
-ASSETS = Path(__file__).resolve().parents[2] / "assets" / "shapesworld"
-#: Shipped backbones: A and B trained on every phrasing ("mixed" captions), C and D on 95 %
-#: descriptive ``full`` captions (docs/shapesworld.md).
-BACKBONES: tuple[str, ...] = ("backbone-a", "backbone-b", "backbone-c", "backbone-d")
-#: Sampling settings the shipped backbones were evaluated with.
-DEFAULT_STEPS = 20
-DEFAULT_GUIDANCE = 4.0
+__all__ = ["ASSETS", "BACKBONES", "DEFAULT_GUIDANCE", "DEFAULT_STEPS", "assemble_pipeline", "backbone_path",
+           "build_components", "build_tokenizer", "load_backbone"]
 
 BOS, EOS, PAD, UNK = "<|startoftext|>", "<|endoftext|>", "<|pad|>", "<unk>"
 MAX_LENGTH = 40
@@ -83,17 +80,9 @@ def assemble_pipeline(components: dict):
 
 def backbone_path(name: str = "backbone-a") -> Path:
     """Folder of a shipped backbone (one of :data:`BACKBONES`) or a path given as is."""
-    path = ASSETS / name if name in BACKBONES else Path(name)
-    if not (path / "model_index.json").exists():
-        raise FileNotFoundError(f"no ShapesWorld backbone at {path} (train one with "
-                                "`python -m promptloop.training.shapes.backbone`)")
-    return path
+    return WORLD.backbone_path(name)
 
 
 def load_backbone(name: str = "backbone-a", device: str = "cpu"):
-    """A shipped (or trained) backbone as a plain ``StableDiffusionPipeline``."""
-    from diffusers import StableDiffusionPipeline
-
-    pipe = StableDiffusionPipeline.from_pretrained(backbone_path(name))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    """A shipped (or trained) backbone as a plain ``StableDiffusionPipeline`` (float32)."""
+    return WORLD.load_backbone(name, device=device, dtype="float32")
