@@ -34,7 +34,9 @@ from typing import Annotated, Any
 
 import typer
 
-ASSETS = Path(__file__).resolve().parents[2] / "promptloop" / "assets" / "shapesworld"
+from promptloop.worlds import get_world
+
+ASSETS = get_world("shapes").assets  # the shipped backbones and policy, wherever promptloop is installed
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
