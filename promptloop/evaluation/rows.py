@@ -16,12 +16,14 @@ class EvalRow:
 
     Args:
         name: the row's label (letters, digits, ``. _ + -``; it names the cell files).
-        backbone: a diffusers pipeline: local folder, hub id or ``tiny:<family>``.
+        backbone: a diffusers pipeline: local folder, hub id, ``tiny:<family>`` or a world's shipped
+            one (``shapes:backbone-a``: :mod:`promptloop.specs`).
         backbone_adapter: a diffusers LoRA folder (what ``promptloop train ddpo|b2`` writes),
             loaded with ``pipe.load_lora_weights``.
-        policy: the PromptLoop policy: local folder, hub id, ``tiny`` or ``tiny-warm``; ``None``
-            samples with the backbone alone.
-        policy_adapter: a peft LoRA folder for the policy (what ``promptloop train grpo`` writes).
+        policy: the PromptLoop policy: local folder, hub id, ``tiny``, ``tiny-warm`` or a world's
+            shipped one (``shapes:policy-sft``); ``None`` samples with the backbone alone.
+        policy_adapter: a peft LoRA folder for the policy (what ``promptloop train grpo`` writes) or
+            a world's shipped one (``shapes:policy-grpo``).
         schedule: a refine schedule (``"evenly:2"``, ``"0.3,0.6"``, ``"5,10"`` ...) or
             ``"oneshot"``: the policy rewrites each prompt once before sampling, no preview.
         mode: ``sync``, ``async`` or ``ahead`` (ignored by ``oneshot`` and without a policy).
