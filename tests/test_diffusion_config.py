@@ -1,4 +1,4 @@
-"""``B2Config`` changes inherited defaults with ``_inherited_defaults``: the fields keep the
+"""``B2Config`` changes inherited defaults with ``inherited_defaults``: the fields keep the
 parent's types and places, YAML/``--set`` loading sees them, and a typo is an error."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import typing
 
 import pytest
 
-from promptloop.training.config import load_config
-from promptloop.training.diffusion.config import B2Config, DDPOConfig, _inherited_defaults
+from promptloop.training.config import inherited_defaults, load_config
+from promptloop.training.diffusion.config import B2Config, DDPOConfig
 
 
 def test_b2_defaults_override_ddpo_fields_in_place():
@@ -32,8 +32,8 @@ def test_overridden_fields_load_from_set_with_their_types():
 
 
 def test_a_name_that_is_not_inherited_is_an_error():
-    with pytest.raises(TypeError, match="not a field inherited"):
+    with pytest.raises(TypeError, match="not an inherited dataclass field"):
         @dataclasses.dataclass
-        @_inherited_defaults(num_inference_step=20)
+        @inherited_defaults(num_inference_step=20)
         class Typo(DDPOConfig):
             pass

@@ -1,11 +1,10 @@
-"""Training configurations: dataclasses, YAML files and ``--set key=value`` overrides.
+"""Training configurations: the shared base dataclass, YAML files and ``--set key=value`` overrides.
 
-:class:`TrainConfig` holds what every trainer shares (run, optimiser, LoRA, checkpoints, logging,
-rollout and evaluation settings); :class:`GRPOConfig` adds the policy-gradient fields, named as in
-TRL's ``GRPOConfig`` where they apply (``num_generations``, ``beta``, ``epsilon``,
-``epsilon_high``, ``loss_type``, ``scale_rewards``, ``num_iterations``,
-``max_completion_length``, ``temperature``). The DDPO and B²-DiffuRL configs subclass
-:class:`TrainConfig` the same way.
+:class:`TrainConfig` holds what every trainer uses (run, models, data, the backbone's sampling,
+reward, optimiser, LoRA, checkpoints, logging, evaluation); each trainer's folder subclasses it:
+``promptloop.training.grpo.config.GRPOConfig`` (the policy, its refine schedule, mode and preview,
+TRL's names) and ``promptloop.training.diffusion.config.DDPOConfig`` / ``B2Config``. A subclass
+that only changes an inherited default says so with :func:`inherited_defaults`.
 
     config = load_config(GRPOConfig, "training/configs/grpo_tiny.yaml", ["learning_rate=1e-4"])
 
@@ -19,13 +18,15 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import os
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
+from promptloop.sampling import SamplingSettings, check_sampling
 from promptloop.validation import (
     ConfigError,
     check_choice,
@@ -34,15 +35,46 @@ from promptloop.validation import (
     check_prompts,
     check_ranges,
     check_rewards,
-    check_schedule,
 )
 
 C = TypeVar("C", bound="TrainConfig")
+T = TypeVar("T")
 
 
+def inherited_defaults(**defaults: Any) -> Callable[[type[T]], type[T]]:
+    """Class decorator, applied under ``@dataclass``: new defaults for fields the class inherits.
+
+    Each name is re-declared with the (resolved) type it has in the bases, which is how a dataclass
+    changes an inherited default: the field keeps its place, its type for YAML/``--set`` loading
+    and its docs where it is declared. A name that is not an inherited field is an error (a plain
+    re-declaration with a typo would silently add a field).
+    """
+
+    def apply(cls: type[T]) -> type[T]:
+        hints = typing.get_type_hints(cls)
+        inherited = {f.name for base in cls.__mro__[1:] if dataclasses.is_dataclass(base)
+                     for f in dataclasses.fields(base)}
+        annotations = dict(inspect.get_annotations(cls))
+        for name, value in defaults.items():
+            if name not in inherited:
+                raise TypeError(f"{cls.__name__}: {name!r} is not an inherited dataclass field")
+            if name in annotations:
+                raise TypeError(f"{cls.__name__}: {name!r} is declared in the class body too")
+            annotations[name] = hints[name]
+            setattr(cls, name, value)
+        cls.__annotations__ = annotations
+        return cls
+
+    return apply
+
+
+# Trainers sample at CPU size by default (10 steps at 64 x 64 px, where ``promptloop eval`` samples
+# 20 steps at the pipeline's size), and always at a fixed size (DDPO's trajectories need one).
 @dataclass
-class TrainConfig:
-    """Fields shared by every PromptLoop trainer."""
+@inherited_defaults(num_inference_steps=10, height=64, width=64)
+class TrainConfig(SamplingSettings):
+    """Fields every PromptLoop trainer uses; the backbone's sampling (``num_inference_steps``,
+    ``guidance_scale``, ``height``, ``width``) comes from :class:`~promptloop.sampling.SamplingSettings`."""
 
     # -- run --------------------------------------------------------------------------------
     output_dir: str = "runs/promptloop"
@@ -55,8 +87,6 @@ class TrainConfig:
     # -- models -----------------------------------------------------------------------------
     #: Diffusion pipeline: a local ``save_pretrained`` folder, a hub id, or ``tiny:sd`` (built in code).
     backbone: str = "tiny:sd"
-    #: Policy model: a local folder, a hub id, ``tiny`` (random tiny Qwen2-VL) or ``tiny-warm``.
-    policy: str = "tiny-warm"
     #: Start from this LoRA adapter instead of a fresh one.
     init_adapter: str | None = None
     dtype: str | None = None
@@ -65,20 +95,6 @@ class TrainConfig:
     prompts: str | list[str] = "tiny"
     #: Held-out prompts for evaluation (same forms); ``tiny-heldout`` takes the last built-in ones.
     eval_prompts: str | list[str] = "tiny-heldout"
-    # -- sampling of the diffusion model ----------------------------------------------------
-    num_inference_steps: int = 10
-    guidance_scale: float = 5.0
-    height: int = 64
-    width: int = 64
-    # -- the loop ---------------------------------------------------------------------------
-    #: Refine schedule while training (per-sample random steps by default; ``oneshot`` rewrites
-    #: the prompt once before sampling, the RePrompt-style baseline).
-    schedule: str = "random:2"
-    #: Refine schedule for evaluation (the paper infers at equally spaced steps).
-    eval_schedule: str = "evenly:2"
-    mode: str = "sync"
-    preview: str = "vae"
-    preview_size: int = 56
     # -- rewards ----------------------------------------------------------------------------
     #: Weighted reward spec from the registry, e.g. ``"jpeg_compressibility"`` or ``"clip:1,aesthetic:0.5"``.
     reward: str = "jpeg_compressibility"
@@ -108,7 +124,6 @@ class TrainConfig:
     logging_steps: int = 1
     report_to: str = "tensorboard"
     eval_steps: int = 0
-    eval_num_prompts: int = 4
     #: Evaluate before the first step too (the untrained policy's baseline).
     eval_on_start: bool = False
     progress: bool = True
@@ -119,12 +134,11 @@ class TrainConfig:
     # -- validation -------------------------------------------------------------------------
     #: Interval of every numeric field (``None``: any finite number); subclasses add theirs.
     RANGES: ClassVar[dict[str, str | None]] = {
-        "seed": ">= 0", "max_steps": ">= 0", "num_inference_steps": ">= 1", "guidance_scale": ">= 0",
-        "height": ">= 8", "width": ">= 8", "preview_size": ">= 1", "learning_rate": "> 0",
-        "adam_beta1": "[0, 1)", "adam_beta2": "[0, 1)", "weight_decay": ">= 0", "adam_epsilon": "> 0",
-        "warmup_steps": ">= 0", "gradient_accumulation_steps": ">= 1", "max_grad_norm": ">= 0",
-        "lora_r": ">= 1", "lora_alpha": "> 0", "lora_dropout": "[0, 1)", "save_steps": ">= 0",
-        "save_total_limit": ">= 1", "logging_steps": ">= 0", "eval_steps": ">= 0", "eval_num_prompts": ">= 1",
+        "seed": ">= 0", "max_steps": ">= 0", "learning_rate": "> 0", "adam_beta1": "[0, 1)",
+        "adam_beta2": "[0, 1)", "weight_decay": ">= 0", "adam_epsilon": "> 0", "warmup_steps": ">= 0",
+        "gradient_accumulation_steps": ">= 1", "max_grad_norm": ">= 0", "lora_r": ">= 1", "lora_alpha": "> 0",
+        "lora_dropout": "[0, 1)", "save_steps": ">= 0", "save_total_limit": ">= 1", "logging_steps": ">= 0",
+        "eval_steps": ">= 0",
     }
 
     def validate(self, *, inputs: bool = True) -> None:
@@ -151,9 +165,10 @@ class TrainConfig:
         check_choice("device", self.device, ("auto", "cpu", "cuda"))
         check_choice("report_to", self.report_to, ("tensorboard", "none"))
         check_dtype("dtype", self.dtype)
-        if self.height % 8 or self.width % 8:
-            name = "height" if self.height % 8 else "width"
-            raise ConfigError(name, getattr(self, name), "must be a multiple of 8")
+        check_sampling(self)
+        for name in ("height", "width"):
+            if getattr(self, name) is None:
+                raise ConfigError(name, None, "trainers sample at a fixed size: give a multiple of 8")
         if not self.output_dir or not isinstance(self.output_dir, str):
             raise ConfigError("output_dir", self.output_dir, "must be a folder name")
         if not self.lora_target_modules or not all(isinstance(m, str) and m for m in self.lora_target_modules):
@@ -182,92 +197,6 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-@dataclass
-class GRPOConfig(TrainConfig):
-    """GRPO on the policy's refinements; field names follow TRL's ``GRPOConfig`` where they apply."""
-
-    output_dir: str = "runs/grpo"
-    #: Prompts per rollout batch on each process; each is sampled ``num_generations`` times.
-    per_device_prompts: int = 2
-    #: G: rollouts per prompt (one pipeline call with ``num_images_per_prompt=G``).
-    num_generations: int = 4
-    #: The G rollouts of a prompt start from the same initial noise, so that their rewards differ
-    #: only by what the policy did (the advantage no longer rewards the luck of the noise).
-    share_noise: bool = False
-    #: KL coefficient to the reference policy (the model with the adapter disabled); 0 skips it.
-    beta: float = 0.0
-    #: Lower clip range of the token ratio: ``ratio >= 1 - epsilon``.
-    epsilon: float = 0.2
-    #: Upper clip range (``ratio <= 1 + epsilon_high``); ``None`` uses ``epsilon`` (DAPO uses 0.28).
-    epsilon_high: float | None = None
-    #: ``grpo`` (mean per sequence), ``dr_grpo`` (sum / (sequences x max_completion_length)),
-    #: ``dapo`` (sum / active tokens of the batch).
-    loss_type: str = "dapo"
-    #: Divide advantages by the reward std: ``"group"`` (or true), ``"batch"``, ``"none"`` (or false).
-    scale_rewards: str | bool = "group"
-    #: Optimiser updates per rollout batch (PPO-style reuse; 1 = on-policy).
-    num_iterations: int = 1
-    max_completion_length: int = 48
-    temperature: float = 1.0
-    top_p: float = 1.0
-    #: Subtracted from a trajectory's reward for each of its refinements that fell back
-    #: (empty, too long, truncated, unparsable output).
-    fallback_penalty: float = 0.0
-    #: Rollout backend: ``transformers`` or ``vllm`` (the adapter is re-loaded after each update).
-    rollout_backend: str = "transformers"
-    #: Sampling temperature at evaluation (0 = greedy).
-    eval_temperature: float = 0.0
-    #: Registry rewards scored at evaluation only, never trained on (held-out metrics that show
-    #: reward hacking, e.g. ``shapes_fidelity``); logged as ``eval/metric/<name>``.
-    eval_metrics: list[str] = field(default_factory=list)
-
-    RANGES: ClassVar[dict[str, str | None]] = {
-        "per_device_prompts": ">= 1", "num_generations": ">= 2", "beta": ">= 0", "epsilon": "> 0",
-        "epsilon_high": "> 0", "num_iterations": ">= 1", "max_completion_length": ">= 1", "temperature": "> 0",
-        "top_p": "(0, 1]", "fallback_penalty": ">= 0", "eval_temperature": ">= 0",
-    }
-
-    def check_values(self) -> None:
-        super().check_values()
-        check_choice("loss_type", self.loss_type, ("grpo", "dr_grpo", "dapo"))
-        check_choice("rollout_backend", self.rollout_backend, ("transformers", "vllm"))
-        check_choice("mode", self.mode, ("sync", "async", "ahead"))
-        check_choice("preview", self.preview, ("vae", "linear"))  # taesd needs a model path: no field for it
-        check_schedule("schedule", self.schedule, refine=True)
-        check_schedule("eval_schedule", self.eval_schedule)
-        try:
-            normalise_scale_rewards(self.scale_rewards)
-        except ValueError:
-            raise ConfigError("scale_rewards", self.scale_rewards, "must be group, batch or none") from None
-
-    def check_inputs(self) -> None:
-        super().check_inputs()
-        check_model("policy", self.policy, kind="policy")
-        check_prompts("eval_prompts", self.eval_prompts)
-        if not isinstance(self.eval_metrics, list):
-            raise ConfigError("eval_metrics", self.eval_metrics, "must be a list of reward names")
-        if self.eval_metrics:
-            check_rewards("eval_metrics", self.eval_metrics)
-
-    @property
-    def clip_high(self) -> float:
-        return self.epsilon if self.epsilon_high is None else self.epsilon_high
-
-
-def normalise_scale_rewards(value: str | bool) -> str:
-    """``True``/``"group"`` -> ``"group"``, ``False``/``"none"`` -> ``"none"``, ``"batch"``."""
-    if isinstance(value, bool):
-        return "group" if value else "none"
-    text = str(value).strip().lower()
-    if text in ("true", "group", "yes"):
-        return "group"
-    if text in ("false", "none", "no"):
-        return "none"
-    if text == "batch":
-        return "batch"
-    raise ValueError(f"scale_rewards must be group, batch or none, not {value!r}")
-
-
 def _types(annotation: Any) -> tuple[Any, ...]:
     """The types an annotation admits (``int | None`` -> ``(int, NoneType)``)."""
     return typing.get_args(annotation) or (annotation,)
@@ -279,9 +208,8 @@ def _coerce(value: Any, annotation: Any, name: str) -> Any:
     origin = typing.get_origin(annotation)
     args = typing.get_args(annotation)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        if value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null")):
-            if type(None) in args:
-                return None
+        if type(None) in args and (value is None or (isinstance(value, str) and value.strip().lower() in ("none", "null"))):
+            return None
         for arg in args:  # a value already of one of the types stays as it is
             if isinstance(arg, type) and arg is not type(None) and type(value) is arg:
                 return value
@@ -432,3 +360,13 @@ def field_help(cls: type[TrainConfig]) -> str:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         parts.append(f"{f.name}={default!r}")
     return ", ".join(parts)
+
+
+def __getattr__(name: str) -> Any:
+    """``GRPOConfig`` and ``normalise_scale_rewards`` moved to :mod:`promptloop.training.grpo.config`;
+    the old import path keeps working (imported on first use: GRPO's config imports this module)."""
+    if name in ("GRPOConfig", "normalise_scale_rewards"):
+        from promptloop.training.grpo import config as grpo_config
+
+        return getattr(grpo_config, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

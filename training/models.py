@@ -10,12 +10,12 @@ import torch
 
 from promptloop.prompts import load_prompts
 from promptloop.specs import load_backbone, policy_base_path
-from promptloop.training.config import TrainConfig
+from promptloop.training.grpo.config import GRPOConfig
 
 __all__ = ["load_backbone", "load_policy_model", "load_prompts", "policy_base_path"]
 
 
-def load_policy_model(config: TrainConfig, device: torch.device | str = "cpu") -> tuple[Any, Any, str]:
+def load_policy_model(config: GRPOConfig, device: torch.device | str = "cpu") -> tuple[Any, Any, str]:
     """The policy model wrapped in a trainable peft LoRA (fresh, or ``config.init_adapter``), its
     processor, and the base model's path."""
     from peft import LoraConfig, PeftModel, get_peft_model

@@ -24,6 +24,7 @@ from typing import Any
 from promptloop.evaluation.report import INSTALL_HINT
 from promptloop.evaluation.rows import MODES, EvalRow
 from promptloop.evaluation.settings import EvalSettings
+from promptloop.sampling import check_sampling
 from promptloop.validation import (
     ConfigError,
     check_choice,
@@ -36,11 +37,11 @@ from promptloop.validation import (
     check_schedule,
 )
 
-#: Interval of every numeric :class:`EvalSettings` field (``None`` values are allowed where the field is).
-SETTINGS_RANGES = {"num_inference_steps": ">= 1", "guidance_scale": ">= 0", "height": ">= 8", "width": ">= 8",
-                   "preview_size": ">= 1", "batch_size": ">= 1", "num_strips": ">= 0", "max_new_tokens": ">= 1",
-                   "temperature": ">= 0", "timeout_s": "> 0"}
-_INTEGERS = ("num_inference_steps", "height", "width", "preview_size", "batch_size", "num_strips", "max_new_tokens")
+#: Interval of every numeric :class:`EvalSettings` field besides the sampling ones, which
+#: :func:`~promptloop.sampling.check_sampling` checks (``None`` values are allowed where the field is).
+SETTINGS_RANGES = {"batch_size": ">= 1", "num_strips": ">= 0", "max_new_tokens": ">= 1", "temperature": ">= 0",
+                   "timeout_s": "> 0"}
+_INTEGERS = ("batch_size", "num_strips", "max_new_tokens")
 
 
 def _known(cls: type, data: Mapping[str, Any], where: str) -> dict[str, Any]:
@@ -96,10 +97,8 @@ def check_eval(rows: Sequence[EvalRow], settings: Mapping[str, Any]) -> None:
     backbones, adapters and policies (local paths must exist; hub ids are left to the hub).
 
     Raises :class:`~promptloop.validation.ConfigError` naming the first bad field."""
+    check_sampling(settings)
     check_ranges(settings, SETTINGS_RANGES, integers=_INTEGERS)
-    for name in ("height", "width"):
-        if settings.get(name) is not None and settings[name] % 8:
-            raise ConfigError(name, settings[name], "must be a multiple of 8")
     seeds = settings.get("seeds")
     if not isinstance(seeds, (list, tuple)) or not seeds:
         raise ConfigError("seeds", seeds, "must be a non-empty list of integers")
@@ -108,7 +107,6 @@ def check_eval(rows: Sequence[EvalRow], settings: Mapping[str, Any]) -> None:
             raise ConfigError("seeds", seeds, f"{seed!r} is not an integer >= 0")
     if len(set(seeds)) != len(seeds):
         raise ConfigError("seeds", seeds, "must be distinct")
-    check_choice("preview", settings.get("preview", "vae"), ("vae", "linear"))  # taesd needs a model path
     if settings.get("device") is not None:
         check_device("device", settings["device"])
     check_dtype("dtype", settings.get("dtype"))

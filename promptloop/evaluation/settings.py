@@ -9,6 +9,7 @@ from typing import Any
 from PIL import Image
 
 from promptloop.prompts import load_prompts
+from promptloop.sampling import PreviewSettings, SamplingSettings
 
 #: An extra per-image metric for Python callers: ``(images, prompts) -> one value per image``;
 #: ``None`` means "not applicable" and is left out of the means.
@@ -16,8 +17,12 @@ Metric = Callable[[list[Image.Image], list[str]], Sequence[float | None]]
 
 
 @dataclass
-class EvalSettings:
+class EvalSettings(SamplingSettings, PreviewSettings):
     """Sampling and scoring settings of an evaluation.
+
+    The sampling fields (``num_inference_steps``, ``guidance_scale``, ``height``, ``width``,
+    ``preview``, ``preview_size``) and their defaults are :class:`~promptloop.sampling.SamplingSettings`'
+    and :class:`~promptloop.sampling.PreviewSettings`' (keyword-only).
 
     Args:
         prompts: the prompts, or a prompt-set spec (``tiny-heldout``, ``shapes-heldout:32``, a
@@ -41,12 +46,6 @@ class EvalSettings:
     seeds: list[int]
     rewards: list[str]
     reward_options: dict[str, dict[str, Any]] = field(default_factory=dict)
-    num_inference_steps: int = 20
-    guidance_scale: float = 5.0
-    height: int | None = None
-    width: int | None = None
-    preview: str = "vae"
-    preview_size: int = 112
     batch_size: int = 16
     num_strips: int = 3
     max_new_tokens: int = 96

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from promptloop.training.config import GRPOConfig, load_config
+from promptloop.training.config import load_config
+from promptloop.training.grpo.config import GRPOConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -181,9 +182,12 @@ def test_inputs_files_models_and_rewards_are_checked_only_with_check_inputs(tmp_
         "reward": "jpeg_compressibility:1.0,clip:0.5", "reward_options": {"clip": {"path": "openai/clip-vit-base-patch32"}},
     }, check_inputs=True)
     assert good.backbone == "sd"
-    # DDPO does not use the policy or the loop fields; its held-out prompts only with an evaluation.
-    load_config(DDPOConfig, None, {"policy": "./unused", "eval_prompts": "missing.txt", "eval_steps": 0},
-                check_inputs=True)
+    # DDPO has no policy or loop fields (GRPO's config holds them); its held-out prompts are checked
+    # only with an evaluation.
+    for name in ("policy", "schedule", "eval_schedule", "mode", "preview", "preview_size", "eval_num_prompts"):
+        with pytest.raises(ConfigError, match=f"{name}=.*unknown DDPOConfig field"):
+            load_config(DDPOConfig, None, {name: "x"})
+    load_config(DDPOConfig, None, {"eval_prompts": "missing.txt", "eval_steps": 0}, check_inputs=True)
     with pytest.raises(ConfigError, match="eval_prompts"):
         load_config(DDPOConfig, None, {"eval_prompts": "missing.txt", "eval_steps": 5}, check_inputs=True)
 
@@ -210,3 +214,26 @@ def test_every_shipped_preset_passes_the_full_check_once_its_data_files_exist():
         # The GPU presets name prompt files the user provides; everything else must resolve.
         config.prompts, config.eval_prompts = "tiny", "tiny-heldout"
         config.validate()
+
+
+def test_sampling_and_preview_fields_are_declared_once():
+    """Eval and the trainers take the sampling fields from the library's dataclasses; the defaults
+    that differ are the trainers' CPU sizes, declared as changed defaults (not second fields)."""
+    from promptloop.evaluation import EvalSettings
+    from promptloop.sampling import PreviewSettings, SamplingSettings
+    from promptloop.training import config as base
+    from promptloop.training.diffusion.config import DDPOConfig
+    from promptloop.validation import ConfigError
+
+    assert issubclass(EvalSettings, SamplingSettings) and issubclass(EvalSettings, PreviewSettings)
+    assert issubclass(GRPOConfig, SamplingSettings) and issubclass(GRPOConfig, PreviewSettings)
+    assert issubclass(DDPOConfig, SamplingSettings) and not issubclass(DDPOConfig, PreviewSettings)
+    evaluation = EvalSettings(prompts=["a fox"], seeds=[0], rewards=["jpeg_compressibility"])
+    assert (evaluation.num_inference_steps, evaluation.height, evaluation.preview_size) == (20, None, 112)
+    grpo = GRPOConfig()
+    assert (grpo.num_inference_steps, grpo.height, grpo.width, grpo.preview_size) == (10, 64, 64, 56)
+    assert base.GRPOConfig is GRPOConfig  # the old import path still works
+    with pytest.raises(ConfigError, match="height=None: trainers sample at a fixed size"):
+        load_config(DDPOConfig, None, {"height": None})
+    with pytest.raises(ConfigError, match="preview_size=0: must be >= 1"):
+        load_config(GRPOConfig, None, {"preview_size": 0})

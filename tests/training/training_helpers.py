@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from promptloop.training.config import GRPOConfig, load_config
+from promptloop.training.config import load_config
+from promptloop.training.grpo.config import GRPOConfig
 
 #: Small enough for a 2-core CPU: 1 prompt x 2 rollouts, 4 denoising steps, 1 refinement each.
 SMALL = {

@@ -6,68 +6,36 @@ checkpoints, logging, reward) and load the same way::
     config = load_config(DDPOConfig, "training/configs/ddpo_tiny.yaml", ["learning_rate=1e-3"])
 
 Field names follow ddpo-pytorch's config where they apply (``sample_batch_size``,
-``timestep_fraction``, ``clip_range``, ``adv_clip_max``, ``num_inner_epochs``, ``eta``); the
-policy/loop fields of :class:`TrainConfig` (``policy``, ``schedule``, ``mode``, ``preview``) are
-not used by these trainers, and not checked. ``validate()`` checks every other field before anything
-loads (:attr:`RANGES` per class, then the consistency rules of :meth:`check_values`).
+``timestep_fraction``, ``clip_range``, ``adv_clip_max``, ``num_inner_epochs``, ``eta``).
+``validate()`` checks every field before anything loads (:attr:`RANGES` per class, then the
+consistency rules of :meth:`check_values`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
-import typing
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, ClassVar, TypeVar
+from dataclasses import dataclass
+from typing import ClassVar
 
-from promptloop.training.config import TrainConfig
+from promptloop.training.config import TrainConfig, inherited_defaults
 from promptloop.training.diffusion.lora import DEFAULT_UNET_TARGETS
 from promptloop.validation import ConfigError, check_choice, check_prompts
 
 OBJECTIVES = ("is", "sf", "rwr")
-T = TypeVar("T")
-
-
-def _inherited_defaults(**defaults: Any) -> Callable[[type[T]], type[T]]:
-    """Class decorator, applied under ``@dataclass``: new defaults for fields the class inherits.
-
-    Each name is re-declared with the parent's (resolved) type, which is how a dataclass changes an
-    inherited default: the field keeps its place, its type for YAML/``--set`` loading and its docs
-    in the parent. A name that is not an inherited field is an error (a plain re-declaration with
-    a typo would silently add a field).
-    """
-
-    def apply(cls: type[T]) -> type[T]:
-        parent = cls.__mro__[1]
-        hints = typing.get_type_hints(parent)
-        inherited = {f.name for f in dataclasses.fields(parent)}
-        annotations = dict(inspect.get_annotations(cls))
-        for name, value in defaults.items():
-            if name not in inherited:
-                raise TypeError(f"{cls.__name__}: {name!r} is not a field inherited from {parent.__name__}")
-            if name in annotations:
-                raise TypeError(f"{cls.__name__}: {name!r} is declared in the class body too")
-            annotations[name] = hints[name]
-            setattr(cls, name, value)
-        cls.__annotations__ = annotations
-        return cls
-
-    return apply
 
 
 @dataclass
+@inherited_defaults(output_dir="runs/ddpo", num_inference_steps=50, learning_rate=3e-4, lora_r=4, lora_alpha=4,
+                    lora_target_modules=dataclasses.field(default_factory=lambda: list(DEFAULT_UNET_TARGETS)))
 class DDPOConfig(TrainConfig):
-    """DDPO (Black et al. 2023) on a LoRA adapter of the UNet; defaults are ddpo-pytorch's.
+    """DDPO (Black et al. 2023) on a LoRA adapter of the UNet; defaults are ddpo-pytorch's (those
+    of inherited fields in the decorator above).
 
     ``max_steps`` counts epochs: each samples ``sample_num_batches_per_epoch x
     sample_batch_size`` trajectories per process, scores them, then makes ``num_inner_epochs``
     passes of updates over them.
     """
 
-    output_dir: str = "runs/ddpo"
-    num_inference_steps: int = 50
-    guidance_scale: float = 5.0
     #: DDIM noise scale while sampling and in the log-probabilities (> 0; 1.0 is DDPM-like).
     eta: float = 1.0
     #: Classifier-free guidance in sampling *and* training (both passes recomputed with
@@ -95,11 +63,6 @@ class DDPOConfig(TrainConfig):
     stat_buffer_size: int = 16
     stat_min_count: int = 16
     rwr_temperature: float = 1.0
-    # -- optimiser and LoRA ------------------------------------------------------------------
-    learning_rate: float = 3e-4
-    lora_r: int = 4
-    lora_alpha: int = 4
-    lora_target_modules: list[str] = field(default_factory=lambda: list(DEFAULT_UNET_TARGETS))
     #: Held-out evaluation: mean reward on ``eval_prompts`` x ``eval_num_seeds`` fixed seeds every
     #: ``eval_steps`` epochs (0: never).
     eval_num_seeds: int = 2
@@ -130,7 +93,7 @@ class DDPOConfig(TrainConfig):
 
 
 @dataclass
-@_inherited_defaults(
+@inherited_defaults(
     output_dir="runs/b2", max_steps=100, num_inference_steps=20, sample_batch_size=8, sample_num_batches_per_epoch=32,
     train_batch_size=2, gradient_accumulation_steps=64, num_inner_epochs=2, clip_range=0.1, adv_clip_max=5.0,
     learning_rate=1e-4, weight_decay=1e-4, objective="is",

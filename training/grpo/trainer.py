@@ -9,7 +9,8 @@ reference policy: the policy as training started, i.e. the same model with its L
 disabled, or with the ``init_adapter`` weights swapped in), each accumulated over
 ``gradient_accumulation_steps`` micro-batches. The output is a peft adapter directory.
 
-    from promptloop.training.config import GRPOConfig, load_config
+    from promptloop.training.config import load_config
+    from promptloop.training.grpo.config import GRPOConfig
     from promptloop.training.grpo.trainer import GRPOTrainer
     GRPOTrainer(load_config(GRPOConfig, "training/configs/grpo_tiny.yaml")).train()
 """
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from promptloop.training.config import GRPOConfig, normalise_scale_rewards
+from promptloop.training.grpo.config import GRPOConfig, normalise_scale_rewards
 from promptloop.training.grpo.loss import LossStats, group_advantages, grpo_loss
 from promptloop.training.models import load_backbone, load_policy_model, load_prompts
 from promptloop.training.rollouts import ActionRecord, RolloutBatch, rollout
@@ -44,7 +45,7 @@ class GRPOTrainer:
     """Train a policy's LoRA adapter with GRPO on rollouts of the loop.
 
     Args:
-        config: a :class:`~promptloop.training.config.GRPOConfig`.
+        config: a :class:`~promptloop.training.grpo.config.GRPOConfig`.
         pipeline / model / processor / reward: already built objects instead of those the config
             names (the model must be a trainable ``peft`` model).
     """

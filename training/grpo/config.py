@@ -1,0 +1,127 @@
+"""GRPO's config: :class:`GRPOConfig`, the shared :class:`~promptloop.training.config.TrainConfig`
+plus the loop (policy, refine schedules, mode, preview) and the policy-gradient fields, named as in
+TRL's ``GRPOConfig`` where they apply (``num_generations``, ``beta``, ``epsilon``,
+``epsilon_high``, ``loss_type``, ``scale_rewards``, ``num_iterations``,
+``max_completion_length``, ``temperature``). Loads like every trainer's config::
+
+    config = load_config(GRPOConfig, "training/configs/grpo_tiny.yaml", ["learning_rate=1e-4"])
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from promptloop.sampling import PreviewSettings
+from promptloop.training.config import TrainConfig, inherited_defaults
+from promptloop.validation import (
+    ConfigError,
+    check_choice,
+    check_model,
+    check_prompts,
+    check_rewards,
+    check_schedule,
+)
+
+
+# The preview (:class:`~promptloop.sampling.PreviewSettings`) is 56 px by default here, half of
+# ``promptloop eval``'s 112: the CPU-sized default rollouts are 64 px images.
+@dataclass
+@inherited_defaults(output_dir="runs/grpo", preview_size=56)
+class GRPOConfig(PreviewSettings, TrainConfig):
+    """GRPO on the policy's refinements; field names follow TRL's ``GRPOConfig`` where they apply."""
+
+    # -- the loop ---------------------------------------------------------------------------
+    #: Policy model: a local folder, a hub id, ``tiny`` (random tiny Qwen2-VL) or ``tiny-warm``.
+    policy: str = "tiny-warm"
+    #: Refine schedule while training (per-sample random steps by default; ``oneshot`` rewrites
+    #: the prompt once before sampling, the RePrompt-style baseline).
+    schedule: str = "random:2"
+    #: Refine schedule for evaluation (the paper infers at equally spaced steps).
+    eval_schedule: str = "evenly:2"
+    #: ``sync``, ``async`` or ``ahead`` (:class:`promptloop.hook.PromptLoopHook`).
+    mode: str = "sync"
+    #: Held-out prompts scored at each evaluation (the first of ``eval_prompts``).
+    eval_num_prompts: int = 4
+    # -- GRPO ---------------------------------------------------------------------------------
+    #: Prompts per rollout batch on each process; each is sampled ``num_generations`` times.
+    per_device_prompts: int = 2
+    #: G: rollouts per prompt (one pipeline call with ``num_images_per_prompt=G``).
+    num_generations: int = 4
+    #: The G rollouts of a prompt start from the same initial noise, so that their rewards differ
+    #: only by what the policy did (the advantage no longer rewards the luck of the noise).
+    share_noise: bool = False
+    #: KL coefficient to the reference policy (the model with the adapter disabled); 0 skips it.
+    beta: float = 0.0
+    #: Lower clip range of the token ratio: ``ratio >= 1 - epsilon``.
+    epsilon: float = 0.2
+    #: Upper clip range (``ratio <= 1 + epsilon_high``); ``None`` uses ``epsilon`` (DAPO uses 0.28).
+    epsilon_high: float | None = None
+    #: ``grpo`` (mean per sequence), ``dr_grpo`` (sum / (sequences x max_completion_length)),
+    #: ``dapo`` (sum / active tokens of the batch).
+    loss_type: str = "dapo"
+    #: Divide advantages by the reward std: ``"group"`` (or true), ``"batch"``, ``"none"`` (or false).
+    scale_rewards: str | bool = "group"
+    #: Optimiser updates per rollout batch (PPO-style reuse; 1 = on-policy).
+    num_iterations: int = 1
+    max_completion_length: int = 48
+    temperature: float = 1.0
+    top_p: float = 1.0
+    #: Subtracted from a trajectory's reward for each of its refinements that fell back
+    #: (empty, too long, truncated, unparsable output).
+    fallback_penalty: float = 0.0
+    #: Rollout backend: ``transformers`` or ``vllm`` (the adapter is re-loaded after each update).
+    rollout_backend: str = "transformers"
+    #: Sampling temperature at evaluation (0 = greedy).
+    eval_temperature: float = 0.0
+    #: Registry rewards scored at evaluation only, never trained on (held-out metrics that show
+    #: reward hacking, e.g. ``shapes_fidelity``); logged as ``eval/metric/<name>``.
+    eval_metrics: list[str] = field(default_factory=list)
+
+    RANGES: ClassVar[dict[str, str | None]] = {
+        "eval_num_prompts": ">= 1", "per_device_prompts": ">= 1", "num_generations": ">= 2", "beta": ">= 0",
+        "epsilon": "> 0", "epsilon_high": "> 0", "num_iterations": ">= 1", "max_completion_length": ">= 1",
+        "temperature": "> 0", "top_p": "(0, 1]", "fallback_penalty": ">= 0", "eval_temperature": ">= 0",
+    }
+
+    def check_values(self) -> None:
+        super().check_values()
+        check_choice("loss_type", self.loss_type, ("grpo", "dr_grpo", "dapo"))
+        check_choice("rollout_backend", self.rollout_backend, ("transformers", "vllm"))
+        check_choice("mode", self.mode, ("sync", "async", "ahead"))
+        check_schedule("schedule", self.schedule, refine=True)
+        check_schedule("eval_schedule", self.eval_schedule)
+        try:
+            normalise_scale_rewards(self.scale_rewards)
+        except ValueError:
+            raise ConfigError("scale_rewards", self.scale_rewards, "must be group, batch or none") from None
+
+    def check_inputs(self) -> None:
+        super().check_inputs()
+        check_model("policy", self.policy, kind="policy")
+        check_prompts("eval_prompts", self.eval_prompts)
+        if not isinstance(self.eval_metrics, list):
+            raise ConfigError("eval_metrics", self.eval_metrics, "must be a list of reward names")
+        if self.eval_metrics:
+            check_rewards("eval_metrics", self.eval_metrics)
+
+    @property
+    def clip_high(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+def normalise_scale_rewards(value: str | bool) -> str:
+    """``True``/``"group"`` -> ``"group"``, ``False``/``"none"`` -> ``"none"``, ``"batch"``."""
+    if isinstance(value, bool):
+        return "group" if value else "none"
+    text = str(value).strip().lower()
+    if text in ("true", "group", "yes"):
+        return "group"
+    if text in ("false", "none", "no"):
+        return "none"
+    if text == "batch":
+        return "batch"
+    raise ValueError(f"scale_rewards must be group, batch or none, not {value!r}")
+
+
+__all__ = ["GRPOConfig", "normalise_scale_rewards"]
