@@ -173,7 +173,7 @@ def worker_presets(spec: dict) -> dict:
 
 # -- driver ---------------------------------------------------------------------------------------
 def run_json(command: list[str], env: dict[str, str]) -> dict:
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:3])} failed ({done.returncode}):\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

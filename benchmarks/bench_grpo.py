@@ -95,8 +95,8 @@ def main() -> None:
     times = {k: [] for k in (*PHASES, "time/step_s")}
     for step in range(args.grpo_steps):
         metrics = trainer.train_step(step)
-        for key in times:
-            times[key].append(metrics.get(key, 0.0))
+        for key, seen in times.items():
+            seen.append(metrics.get(key, 0.0))
     total = statistics.fmean(times["time/step_s"])
     print(f"\nGRPO step time split (mean of {args.grpo_steps} steps, {total:.2f} s per step)")
     for key in PHASES:

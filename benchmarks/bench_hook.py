@@ -8,9 +8,8 @@ VAE previews. Ratios are against plain sampling measured in the same run (interl
 
 from __future__ import annotations
 
-
-
 from common import base_parser, report, time_interleaved, tiny_runner
+
 from promptloop import PromptLoopHook
 from promptloop.policies import SamplingConfig, TransformersPolicy
 from promptloop.testing.warmup import cached_warm_tiny_qwen2vl

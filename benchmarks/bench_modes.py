@@ -13,8 +13,8 @@ import statistics
 import time
 from functools import partial
 
-
 from common import base_parser, report, time_interleaved, tiny_runner
+
 from promptloop import PromptLoopHook
 from promptloop.policies import SamplingConfig, TransformersPolicy
 from promptloop.policies.process import ProcessPolicy

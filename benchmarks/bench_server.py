@@ -63,8 +63,8 @@ def start_server(backend: str, policy_dir: Path, args, log: Path) -> tuple[subpr
     env = dict(os.environ)
     if backend == "vllm" and args.cpu_tuning:
         env.update({k: v for k, v in CPU_TUNING.items() if k not in os.environ})
-    out = open(log, "wb")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+    with open(log, "wb") as out:  # the server holds its own copy of the handle
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:

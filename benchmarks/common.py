@@ -32,8 +32,8 @@ def tiny_runner(args: argparse.Namespace) -> Callable[..., object]:
     prompts = TINY_PROMPTS[: args.batch]
 
     def run(hook=None):
-        kwargs = dict(num_inference_steps=args.steps, height=args.size, width=args.size, output_type="latent",
-                      generator=torch.Generator().manual_seed(0))
+        kwargs = {"num_inference_steps": args.steps, "height": args.size, "width": args.size, "output_type": "latent",
+                      "generator": torch.Generator().manual_seed(0)}
         if hook is not None:
             kwargs["callback_on_step_end"] = hook
         return pipe(prompts, **kwargs)

@@ -17,8 +17,8 @@ import sys
 import tempfile
 import time
 import warnings
+from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -54,7 +54,7 @@ def memory_kb() -> dict[str, int]:
 
 
 def main() -> None:
-    spec = json.loads(open(sys.argv[1]).read())
+    spec = json.loads(Path(sys.argv[1]).read_text())
     torch.set_num_threads(spec["threads"])
     warnings.filterwarnings("ignore")
     import trl

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Annotated, Any
 
 try:  # typer is a dependency of promptloop; keep the pack importable without it
     import typer
@@ -62,27 +63,16 @@ def _is_our_pack(path: Path) -> bool:
     return 'PublisherId = "promptloop"' in text
 
 
-def install(
-    comfyui_dir: str | os.PathLike,
-    mode: str = "symlink",
-    *,
-    name: str = PACK_NAME,
-    force: bool = False,
-    source: str | os.PathLike | None = None,
-) -> Path:
+def install(comfyui_dir: str | os.PathLike, mode: str = "symlink", **options: Any) -> Path:
     """Install the pack as ``<comfyui_dir>/custom_nodes/<name>``; return that path.
 
-    ``mode="symlink"`` links to the installed package (an upgrade of ``promptloop`` updates the
-    nodes); ``mode="copy"`` copies the files (for ComfyUI builds that do not follow links, e.g.
-    some Windows setups). Re-running is safe: an earlier PromptLoop install at that place is
-    replaced. Anything else there is left alone unless ``force=True``.
+    Checks that ``comfyui_dir`` is a ComfyUI checkout, then :func:`install_into` its
+    ``custom_nodes`` with the same ``mode`` and keyword options (``name``, ``force``, ``source``).
     """
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     comfy = Path(comfyui_dir).expanduser().resolve()
     if not is_comfyui_dir(comfy):
         raise FileNotFoundError(f"{comfy} does not look like a ComfyUI checkout (no main.py, nodes.py, comfy/)")
-    return install_into(comfy / "custom_nodes", mode, name=name, force=force, source=source)
+    return install_into(comfy / "custom_nodes", mode, **options)
 
 
 def install_into(
@@ -93,7 +83,14 @@ def install_into(
     force: bool = False,
     source: str | os.PathLike | None = None,
 ) -> Path:
-    """Like :func:`install`, into any ``custom_nodes`` folder (e.g. one under ``--base-directory``)."""
+    """Install the pack as ``<custom_nodes_dir>/<name>`` (any ``custom_nodes`` folder, e.g. one under
+    ComfyUI's ``--base-directory``); return that path.
+
+    ``mode="symlink"`` links to the installed package (an upgrade of ``promptloop`` updates the
+    nodes); ``mode="copy"`` copies the files (for ComfyUI builds that do not follow links, e.g.
+    some Windows setups). Re-running is safe: an earlier PromptLoop install at that place is
+    replaced. Anything else there is left alone unless ``force=True``.
+    """
     if mode not in MODES:
         raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     src = Path(source).resolve() if source else pack_source()
@@ -137,7 +134,8 @@ def library_importable(python: str | os.PathLike) -> tuple[bool, str]:
     """Whether ``import promptloop`` works in that Python; with its version or the error."""
     code = "import promptloop, sys; sys.stdout.write(promptloop.__version__)"
     try:
-        done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300)
+        done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=300,
+                              check=False)
     except (OSError, subprocess.SubprocessError) as exc:
         return False, str(exc)
     if done.returncode == 0:
@@ -146,26 +144,23 @@ def library_importable(python: str | os.PathLike) -> tuple[bool, str]:
 
 
 if typer is not None:
-    comfy_app = typer.Typer(
-        name="comfy",
-        help="The ComfyUI node pack: install it into a ComfyUI checkout.",
-        no_args_is_help=True,
-        add_completion=False,
-    )
+    comfy_app = typer.Typer(name="comfy", no_args_is_help=True, add_completion=False)
 
-    @comfy_app.callback()
+    @comfy_app.callback()  # a group even with one command: `promptloop comfy install`
     def _comfy_group() -> None:
         """The ComfyUI node pack: install it into a ComfyUI checkout."""
 
     @comfy_app.command("install")
     def install_command(
-        comfyui: Path = typer.Option(..., "--comfyui", help="The ComfyUI folder (the one holding main.py)."),
-        mode: str = typer.Option("symlink", "--mode", help="symlink (follows upgrades of promptloop) or copy."),
-        name: str = typer.Option(PACK_NAME, "--name", help="Folder name under custom_nodes/."),
-        force: bool = typer.Option(False, "--force", help="Replace whatever is at custom_nodes/<name>."),
-        python: Path | None = typer.Option(
-            None, "--python", help="ComfyUI's Python, to check that it can import promptloop (default: found "
-                                   "in the ComfyUI folder, e.g. .venv/bin/python)."),
+        comfyui: Annotated[Path, typer.Option(help="The ComfyUI folder (the one holding main.py).")],
+        mode: Annotated[str, typer.Option(
+            help="symlink (follows upgrades of promptloop) or copy.")] = "symlink",
+        name: Annotated[str, typer.Option(help="Folder name under custom_nodes/.")] = PACK_NAME,
+        force: Annotated[bool, typer.Option(
+            "--force", help="Replace whatever is at custom_nodes/<name>.")] = False,
+        python: Annotated[Path | None, typer.Option(
+            help="ComfyUI's Python, to check that it can import promptloop (default: found in the ComfyUI "
+                 "folder, e.g. .venv/bin/python).")] = None,
     ) -> None:
         """Install the PromptLoop nodes into ComfyUI's custom_nodes/ and check ComfyUI's Python."""
         try:

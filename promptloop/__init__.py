@@ -34,7 +34,7 @@ _EXPORTS = {
     "TraceEntry": "promptloop.trace",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
@@ -50,10 +50,18 @@ def __dir__() -> list[str]:
     return sorted(list(globals()) + __all__)
 
 
-if TYPE_CHECKING:  # pragma: no cover
-    from promptloop.hook import PromptLoopHook
-    from promptloop.loop import MODES, RefineLoop
-    from promptloop.policies import GenerativePolicy, Policy, SamplingConfig, StaticPolicy, load_policy
-    from promptloop.refinement import Fallback, Observation, Refinement
-    from promptloop.schedule import RefineSchedule
-    from promptloop.trace import Trace, TraceEntry
+if TYPE_CHECKING:  # pragma: no cover  (``X as X``: re-exported for type checkers)
+    from promptloop.hook import PromptLoopHook as PromptLoopHook
+    from promptloop.loop import MODES as MODES
+    from promptloop.loop import RefineLoop as RefineLoop
+    from promptloop.policies import GenerativePolicy as GenerativePolicy
+    from promptloop.policies import Policy as Policy
+    from promptloop.policies import SamplingConfig as SamplingConfig
+    from promptloop.policies import StaticPolicy as StaticPolicy
+    from promptloop.policies import load_policy as load_policy
+    from promptloop.refinement import Fallback as Fallback
+    from promptloop.refinement import Observation as Observation
+    from promptloop.refinement import Refinement as Refinement
+    from promptloop.schedule import RefineSchedule as RefineSchedule
+    from promptloop.trace import Trace as Trace
+    from promptloop.trace import TraceEntry as TraceEntry

@@ -31,9 +31,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 #: ``(scheduler, model_output, timestep, sample, *args, **kwargs) -> what scheduler.step returns``
 StepFn = Callable[..., Any]
@@ -76,9 +79,9 @@ def predicted_x0(scheduler: Any, cap: StepCapture) -> tuple[torch.Tensor, str]:
     """
     out = cap.output
     x0 = getattr(out, "pred_original_sample", None)
-    if x0 is None and isinstance(out, tuple) and len(out) >= 2 and isinstance(out[1], torch.Tensor):
-        if out[1].shape == cap.sample.shape:
-            x0 = out[1]
+    if (x0 is None and isinstance(out, tuple) and len(out) >= 2 and isinstance(out[1], torch.Tensor)
+            and out[1].shape == cap.sample.shape):
+        x0 = out[1]
     if x0 is not None:
         return x0, "scheduler"
     config = getattr(scheduler, "config", {})
@@ -175,7 +178,7 @@ class SchedulerCapture:
                 self.scheduler.step = self.original
         self.latest = None
 
-    def __enter__(self) -> SchedulerCapture:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -69,7 +69,7 @@ def unpack_flux_latents(latents: torch.Tensor, height: int, width: int, vae_scal
     h = 2 * (int(height) // (vae_scale_factor * 2))
     w = 2 * (int(width) // (vae_scale_factor * 2))
     if (h // 2) * (w // 2) != seq:  # size unknown or inconsistent: assume the closest square-ish grid
-        h2 = int(round(seq**0.5))
+        h2 = round(seq**0.5)
         while seq % h2:
             h2 -= 1
         h, w = 2 * h2, 2 * (seq // h2)

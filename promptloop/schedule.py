@@ -11,6 +11,7 @@ is never a refinement step (nothing would follow it).
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -112,16 +113,16 @@ class RefineSchedule:
         last = num_steps - 2  # refining after the final step would change nothing
         chosen: set[int] = {s for s in self.steps if s <= last}
         for f in self.fractions:
-            chosen.add(min(last, int(round(f * num_steps))))
+            chosen.add(min(last, round(f * num_steps)))
         if self.count:
             # Equally spaced over the trajectory: k/(count+1) of the way, k = 1..count.
             for k in range(1, self.count + 1):
-                chosen.add(min(last, max(0, int(round(k * num_steps / (self.count + 1))) - 1)))
+                chosen.add(min(last, max(0, round(k * num_steps / (self.count + 1)) - 1)))
         if self.every:
             chosen.update(range(self.every - 1, last + 1, self.every))
         if self.random_count:
             rng = random.Random(self.seed)
-            pool = list(range(0, last + 1))
+            pool = list(range(last + 1))
             chosen.update(rng.sample(pool, min(self.random_count, len(pool))))
         return sorted(chosen)
 
@@ -151,7 +152,7 @@ class RefineSchedule:
                 continue
             chosen = set(fixed)
             if last >= 0:
-                pool = list(range(0, last + 1))
+                pool = list(range(last + 1))
                 chosen.update(rng.sample(pool, min(self.random_count, len(pool))))
             out.append(sorted(chosen))
         return out
@@ -188,7 +189,7 @@ class RefineSchedule:
         asked = max(self.count, self.random_count)
         if asked > last + 1:
             out.append(f"schedule {name} asks for {asked} refinements; {where}, so it makes {len(resolved)}")
-        fraction_steps = {min(last, int(round(f * num_steps))) for f in self.fractions}
+        fraction_steps = {min(last, round(f * num_steps)) for f in self.fractions}
         if len(fraction_steps) < len(set(self.fractions)):
             out.append(f"schedule {name}: some fractions fall on the same step of a {num_steps}-step run "
                        f"(steps {', '.join(map(str, sorted(fraction_steps)))})")
@@ -208,4 +209,4 @@ def segments(refine_steps: Sequence[int], num_steps: int) -> list[tuple[int, int
     [(0, 3), (3, 6), (6, 8)]
     """
     bounds = [0] + [s + 1 for s in sorted(set(refine_steps)) if 0 <= s < num_steps - 1] + [num_steps]
-    return [(a, b) for a, b in zip(bounds, bounds[1:]) if b > a]
+    return [(a, b) for a, b in itertools.pairwise(bounds) if b > a]

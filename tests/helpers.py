@@ -10,8 +10,8 @@ from promptloop import StaticPolicy
 
 
 def run_kwargs(family: str, *, cfg: bool = True, steps: int = 6, n: int = 1) -> dict:
-    kwargs = dict(num_inference_steps=steps, height=64, width=64, output_type="np", num_images_per_prompt=n,
-                  generator=torch.Generator().manual_seed(0))
+    kwargs = {"num_inference_steps": steps, "height": 64, "width": 64, "output_type": "np",
+              "num_images_per_prompt": n, "generator": torch.Generator().manual_seed(0)}
     if family != "flux":
         kwargs["guidance_scale"] = 5.0 if cfg else 1.0
     return kwargs

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
 import pytest
 import torch
 from diffusers.utils import BaseOutput
-
 from helpers import run_kwargs, suffix_policy
+
 from promptloop import PromptLoopHook
 from promptloop.capture import SchedulerCapture
 
@@ -42,7 +43,7 @@ def test_records_every_step_of_a_run(tiny_pipes, family, source):
     records = capture.records
     assert len(records) == 4 and capture.seq == 4
     assert [float(r.timestep) for r in records] == [float(t) for t in pipe.scheduler.timesteps]
-    for before, after in zip(records, records[1:]):
+    for before, after in itertools.pairwise(records):
         assert after.sample is before.prev_sample  # the trajectory is a chain
     assert torch.equal(records[-1].prev_sample, final)
     x0, got_source = capture.x0(records[1])
@@ -87,9 +88,8 @@ def test_the_hook_reuses_a_callers_capture_and_leaves_it_in_place(tiny_pipes):
 
 def test_one_capture_per_scheduler(tiny_pipes):
     scheduler = tiny_pipes["sd"].scheduler
-    with SchedulerCapture(scheduler):
-        with pytest.raises(RuntimeError, match="already has"):
-            SchedulerCapture(scheduler)
+    with SchedulerCapture(scheduler), pytest.raises(RuntimeError, match="already has"):
+        SchedulerCapture(scheduler)
     with pytest.raises(ValueError, match="no scheduler step"):
         SchedulerCapture(scheduler).x0()
     SchedulerCapture.on(scheduler).remove()

@@ -26,8 +26,8 @@ def tiny_sd():
 
 
 def _scheduler(**kw) -> DDIMScheduler:
-    cfg = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-               clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    cfg = {"num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012,
+           "beta_schedule": "scaled_linear", "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
     cfg.update(kw)
     s = DDIMScheduler(**cfg)
     s.set_timesteps(10)
@@ -110,7 +110,7 @@ def test_recorded_trajectories_rescore_exactly(tiny_sd, cfg):
     pipe = tiny_sd
     prompts = ["a red cube", "a blue ball"]
     cond = encode_prompts(pipe, prompts, cfg=cfg)
-    kw = dict(num_steps=4, guidance_scale=5.0, eta=1.0, height=64, width=64)
+    kw = {"num_steps": 4, "guidance_scale": 5.0, "eta": 1.0, "height": 64, "width": 64}
     traj = sample_trajectories(pipe, prompts, cond, seeds=[1, 2], **kw)
     assert traj.latents.shape == (2, 5, 4, 8, 8) and traj.log_probs.shape == (2, 4)
     assert len(traj.images) == 2

@@ -70,7 +70,7 @@ def test_one_ddpo_epoch_on_sdxl_writes_an_adapter_a_plain_pipeline_loads(tmp_pat
     trainer = DDPOTrainer(cfg)
     adapter = trainer.train()
     assert (adapter / "pytorch_lora_weights.safetensors").exists()
-    kwargs = dict(num_inference_steps=4, height=64, width=64, guidance_scale=5.0, output_type="np")
+    kwargs = {"num_inference_steps": 4, "height": 64, "width": 64, "guidance_scale": 5.0, "output_type": "np"}
     plain = tiny_pipeline("sdxl")(PROMPTS, generator=torch.Generator().manual_seed(0), **kwargs).images
     tuned = tiny_pipeline("sdxl")
     tuned.load_lora_weights(str(adapter))

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from helpers import run_kwargs, suffix_policy
+from test_hook import PROMPTS, reference_callback
+
 from promptloop import PromptLoopHook
 from promptloop.testing import FAMILIES, tiny_pipeline
-from test_hook import PROMPTS, reference_callback
 
 pytestmark = pytest.mark.gpu
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from promptloop.training.grpo.loss import grpo_loss, group_advantages, k3_kl
+from promptloop.training.grpo.loss import group_advantages, grpo_loss, k3_kl
 
 
 def test_group_advantages_centre_and_scale_per_group():

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from helpers import (
     EmptyPolicy,
     RaisingPolicy,
@@ -14,6 +13,7 @@ from helpers import (
     run_kwargs,
     suffix_policy,
 )
+
 from promptloop import PromptLoopHook
 from promptloop.testing import FAMILIES
 

@@ -6,8 +6,8 @@ import time
 
 import numpy as np
 import pytest
-
 from helpers import CountingPolicy, SleepingPolicy, record_conditioning, run_kwargs, suffix_policy
+
 from promptloop import PromptLoopHook, RefineLoop, StaticPolicy
 
 PROMPTS = ["a red fox in the snow", "a lighthouse at dusk"]
@@ -51,7 +51,7 @@ def test_ahead_calls_the_policy_once_per_batch_and_never_during_sampling(tiny_pi
     pipe = tiny_pipes["sd"]
     policy = CountingPolicy(suffix_policy())
     calls_seen_by_denoiser = []
-    records, remove = record_conditioning(pipe)
+    _records, remove = record_conditioning(pipe)
     handle = pipe.unet.register_forward_pre_hook(
         lambda *_: calls_seen_by_denoiser.append((policy.plan_calls, policy.refine_calls)))
     try:
@@ -113,7 +113,9 @@ def test_async_answers_are_applied_in_request_order():
     loop.start(["p"], 50)
     applied = {}
     for step in range(50):
-        applied.update({step: c for c in [loop.at_step(step)] if c})
+        change = loop.at_step(step)
+        if change:
+            applied[step] = change
         time.sleep(0.02)
     trace = loop.finish()
     # Request 2 saw the prompt of step 1 ("p": request 1 had not arrived) and the trace says so;

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import run_kwargs
 from PIL import Image
 
-from helpers import run_kwargs
 from promptloop import Observation, PromptLoopHook, load_policy
 from promptloop.policies import SamplingConfig, TransformersPolicy
 from promptloop.policies.base import Generation, GenerativePolicy

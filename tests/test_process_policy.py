@@ -6,8 +6,8 @@ from functools import partial
 
 import numpy as np
 import pytest
-
 from helpers import make_raising_policy, make_suffix_policy, run_kwargs
+
 from promptloop import Observation, PromptLoopHook
 from promptloop.policies.process import ProcessPolicy
 

@@ -38,7 +38,7 @@ class ScriptedServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+            def do_POST(self) -> None:
                 self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 server.arrivals.append(time.monotonic())
                 status, delay, body = server.script[min(len(server.arrivals), len(server.script)) - 1]

@@ -107,7 +107,7 @@ def prepare_image(
 
     image = to_rgb(image)
     width, height = image.size
-    bounds = dict(min_pixels=min_pixels or DEFAULT_MIN_PIXELS, max_pixels=max_pixels or None)
+    bounds = {"min_pixels": min_pixels or DEFAULT_MIN_PIXELS, "max_pixels": max_pixels or None}
     short = math.ceil(max(width, height) / MAX_ASPECT_RATIO)
     padded = (width, max(height, short)) if width >= height else (max(width, short), height)
     new_height, new_width = smart_resize(padded[1], padded[0], IMAGE_FACTOR, **bounds)

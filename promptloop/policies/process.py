@@ -21,9 +21,12 @@ import multiprocessing as mp
 import threading
 import traceback
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from promptloop.refinement import Observation, Refinement
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 def _serve(factory: Callable[[], Any], conn) -> None:
@@ -100,7 +103,7 @@ class ProcessPolicy:
             self._process.terminate()
         self._conn.close()
 
-    def __enter__(self) -> ProcessPolicy:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,6 +22,7 @@ Scripts that create an engine must guard their entry point with ``if __name__ ==
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import dataclasses
 import itertools
@@ -340,16 +341,16 @@ class VLLMPolicy(GenerativePolicy):
         from vllm import SamplingParams
 
         s = sampling or self.sampling
-        kwargs: dict[str, Any] = dict(
+        kwargs: dict[str, Any] = {
             # The text is decoded once at the end (``to_generation``), as the transformers backend
             # decodes it, instead of incrementally at every step in the serving process.
-            detokenize=False,
-            temperature=0.0 if s.greedy else float(s.temperature),
-            top_p=1.0 if s.greedy else float(s.top_p),
-            max_tokens=int(s.max_new_tokens),
-            seed=s.seed,
-            logprobs=0 if s.return_logprobs else None,
-        )
+            "detokenize": False,
+            "temperature": 0.0 if s.greedy else float(s.temperature),
+            "top_p": 1.0 if s.greedy else float(s.top_p),
+            "max_tokens": int(s.max_new_tokens),
+            "seed": s.seed,
+            "logprobs": 0 if s.return_logprobs else None,
+        }
         if final_only:
             from vllm.sampling_params import RequestOutputKind
 
@@ -450,10 +451,8 @@ class AsyncVLLMPolicy(VLLMPolicy):
         handler = getattr(engine, "output_handler", None)
         if handler is not None and not handler.done():
             handler.cancel()
-            try:
+            with contextlib.suppress(BaseException):  # cancelled on purpose
                 await handler
-            except BaseException:  # noqa: BLE001 - cancelled on purpose
-                pass
         await asyncio.get_running_loop().run_in_executor(None, self.shutdown)
 
     def shutdown(self) -> None:

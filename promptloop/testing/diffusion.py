@@ -43,9 +43,9 @@ FAMILIES: tuple[str, ...] = ("sd", "sdxl", "sd3", "flux")
 _LATENT_SIZE = 8
 
 # Scheduler configurations of the real checkpoints (SD 1.5, SDXL base, SD3 medium, FLUX.1-dev).
-_SD_BETAS: dict[str, Any] = dict(
-    num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
-)
+_SD_BETAS: dict[str, Any] = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"
+}
 
 
 def _clip_tokenizer() -> CLIPTokenizer:

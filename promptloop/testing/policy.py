@@ -60,13 +60,13 @@ def build_tiny_qwen2vl_processor(texts: Iterable[str] | None = None) -> Qwen2VLP
     """Qwen2VLProcessor: tiny BPE tokenizer (left padding; its merges also learned on ``texts``),
     image and video processors, chat template."""
     tokenizer = build_qwen_tokenizer(texts, chat_template=QWEN2VL_CHAT_TEMPLATE)
-    common = dict(
-        patch_size=_PATCH,
-        merge_size=_MERGE,
-        temporal_patch_size=2,
-        min_pixels=_MIN_PIXELS,
-        max_pixels=_MAX_PIXELS,
-    )
+    common = {
+        "patch_size": _PATCH,
+        "merge_size": _MERGE,
+        "temporal_patch_size": 2,
+        "min_pixels": _MIN_PIXELS,
+        "max_pixels": _MAX_PIXELS,
+    }
     return Qwen2VLProcessor(
         image_processor=Qwen2VLImageProcessor(**common),
         video_processor=Qwen2VLVideoProcessor(**common),
@@ -96,33 +96,33 @@ def build_tiny_qwen2vl(
     names += ("<|vision_start|>", "<|vision_end|>")
     ids = {name: tok.convert_tokens_to_ids(name) for name in names}
     config = Qwen2VLConfig(
-        text_config=dict(
-            vocab_size=len(tok),
-            hidden_size=text_hidden,
-            intermediate_size=2 * text_hidden,
-            num_hidden_layers=text_layers,
-            num_attention_heads=text_hidden // 64,
-            num_key_value_heads=1,
-            head_dim=64,
-            hidden_act="silu",
-            max_position_embeddings=4096,
-            rms_norm_eps=1e-6,
-            rope_parameters={"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [8, 12, 12]},
-            bos_token_id=ids["<|endoftext|>"],
-            eos_token_id=ids["<|im_end|>"],
-            pad_token_id=ids["<|endoftext|>"],
-        ),
-        vision_config=dict(
-            depth=vision_depth,
-            embed_dim=vision_dim,
-            hidden_size=text_hidden,
-            num_heads=2,
-            mlp_ratio=4,
-            in_channels=3,
-            patch_size=_PATCH,
-            spatial_merge_size=_MERGE,
-            temporal_patch_size=2,
-        ),
+        text_config={
+            "vocab_size": len(tok),
+            "hidden_size": text_hidden,
+            "intermediate_size": 2 * text_hidden,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": text_hidden // 64,
+            "num_key_value_heads": 1,
+            "head_dim": 64,
+            "hidden_act": "silu",
+            "max_position_embeddings": 4096,
+            "rms_norm_eps": 1e-6,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": [8, 12, 12]},
+            "bos_token_id": ids["<|endoftext|>"],
+            "eos_token_id": ids["<|im_end|>"],
+            "pad_token_id": ids["<|endoftext|>"],
+        },
+        vision_config={
+            "depth": vision_depth,
+            "embed_dim": vision_dim,
+            "hidden_size": text_hidden,
+            "num_heads": 2,
+            "mlp_ratio": 4,
+            "in_channels": 3,
+            "patch_size": _PATCH,
+            "spatial_merge_size": _MERGE,
+            "temporal_patch_size": 2,
+        },
         image_token_id=ids["<|image_pad|>"],
         video_token_id=ids["<|video_pad|>"],
         vision_start_token_id=ids["<|vision_start|>"],

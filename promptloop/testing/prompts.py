@@ -26,19 +26,21 @@ TINY_PROMPTS: list[str] = [
 ]
 
 # Generic words that refined prompts tend to use; they make random-weight decoding look word-like.
-EXTRA_WORDS: list[str] = """
-the a an of in on at with and or to from by for under over near behind next
-photo photograph painting drawing illustration render sketch portrait landscape
-detailed highly sharp focus soft light lighting cinematic dramatic golden hour
-vivid colorful muted pastel dark bright warm cool natural studio volumetric
-realistic photorealistic stylized anime oil watercolor digital art concept
-background foreground composition centered wide angle shot close up macro view
-high quality resolution masterpiece trending beautiful stunning intricate
-red orange yellow green blue purple pink white black gray brown gold silver
-small large tiny huge old young happy calm quiet busy misty foggy sunny rainy
-sky cloud sun moon star night day morning evening sunset sunrise snow rain
-tree forest flower grass river lake sea ocean mountain hill beach desert city
-house street road bridge tower castle room window door table chair book
-man woman child person people dog cat bird horse fox owl fish frog robot
-is are was has have it its this that there which very more most
-""".split()
+EXTRA_WORDS: list[str] = [
+    "the", "a", "an", "of", "in", "on", "at", "with", "and", "or", "to", "from", "by", "for", "under",
+    "over", "near", "behind", "next", "photo", "photograph", "painting", "drawing", "illustration",
+    "render", "sketch", "portrait", "landscape", "detailed", "highly", "sharp", "focus", "soft", "light",
+    "lighting", "cinematic", "dramatic", "golden", "hour", "vivid", "colorful", "muted", "pastel", "dark",
+    "bright", "warm", "cool", "natural", "studio", "volumetric", "realistic", "photorealistic", "stylized",
+    "anime", "oil", "watercolor", "digital", "art", "concept", "background", "foreground", "composition",
+    "centered", "wide", "angle", "shot", "close", "up", "macro", "view", "high", "quality", "resolution",
+    "masterpiece", "trending", "beautiful", "stunning", "intricate", "red", "orange", "yellow", "green",
+    "blue", "purple", "pink", "white", "black", "gray", "brown", "gold", "silver", "small", "large", "tiny",
+    "huge", "old", "young", "happy", "calm", "quiet", "busy", "misty", "foggy", "sunny", "rainy", "sky",
+    "cloud", "sun", "moon", "star", "night", "day", "morning", "evening", "sunset", "sunrise", "snow",
+    "rain", "tree", "forest", "flower", "grass", "river", "lake", "sea", "ocean", "mountain", "hill",
+    "beach", "desert", "city", "house", "street", "road", "bridge", "tower", "castle", "room", "window",
+    "door", "table", "chair", "book", "man", "woman", "child", "person", "people", "dog", "cat", "bird",
+    "horse", "fox", "owl", "fish", "frog", "robot", "is", "are", "was", "has", "have", "it", "its", "this",
+    "that", "there", "which", "very", "more", "most",
+]

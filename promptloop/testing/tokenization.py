@@ -14,10 +14,11 @@ differently from run to run) and cached, so building a tokenizer twice gives the
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
-from functools import lru_cache
 from collections.abc import Iterable
+from functools import lru_cache
 
 from tokenizers import Tokenizer, pre_tokenizers
 from transformers import AddedToken, CLIPTokenizer, Qwen2Tokenizer, T5TokenizerFast
@@ -44,7 +45,7 @@ def _learn_bpe(words: Counter[tuple[str, ...]], num_merges: int) -> list[tuple[s
     for _ in range(num_merges):
         pairs: Counter[tuple[str, str]] = Counter()
         for word, n in vocab.items():
-            for pair in zip(word, word[1:]):
+            for pair in itertools.pairwise(word):
                 pairs[pair] += n
         if not pairs:
             break

@@ -11,6 +11,7 @@ dependencies). Run in a fresh interpreter so that module-level imports are seen 
 from __future__ import annotations
 
 import builtins
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -37,11 +38,10 @@ def exercise(policy_dir: str, adapter_dir: str) -> None:
     builtins.__import__ = _recording_import
     try:
         import promptloop.comfy_nodes as pack
+        from promptloop import RefineLoop
         from promptloop.comfy_nodes.comfy_backend import PromptEncoder
         from promptloop.comfy_nodes.nodes import images_to_pil
         from promptloop.comfy_nodes.segments import run_segmented
-
-        from promptloop import RefineLoop
         from promptloop.refinement import Observation
 
         nodes = {name: cls() for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
@@ -54,10 +54,10 @@ def exercise(policy_dir: str, adapter_dir: str) -> None:
         local.refine(observation)
         for protocol in ("promptloop", "openai"):  # nothing listens on port 9
             (remote,) = nodes["PromptLoopRemotePolicy"].connect("http://127.0.0.1:9", protocol, "", 2.0)
-            try:
-                remote.refine(observation)  # the sidecar client falls back, the OpenAI one raises
-            except Exception:  # noqa: BLE001 - the loop turns it into a fallback; only the imports matter
-                pass
+            # the sidecar client falls back, the OpenAI one raises (the loop turns that into a
+            # fallback); only the imports matter here
+            with contextlib.suppress(Exception):
+                remote.refine(observation)
         (scripted,) = nodes["PromptLoopScriptedPolicy"].build("{current}, detailed")
 
         # The sampler node's library half (ComfyUI's sampler and CLIP are stood in for).

@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 from PIL import Image
+from typer.testing import CliRunner
 from workflow_ui import CORE_NODES, api_to_ui
 
 import promptloop.comfy_nodes as pack

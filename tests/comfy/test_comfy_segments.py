@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 
 import pytest
 import torch
-
 from comfy_fakes import FakeBackend, FakeCLIP
 
 from promptloop import RefineLoop, StaticPolicy
@@ -43,13 +43,13 @@ def test_schedule_to_segments(spec, steps, bounds):
     refine = RefineSchedule.parse(spec).resolve(steps)
     assert fixed_boundaries("sync", refine, steps) == bounds
     assert fixed_boundaries("ahead", refine, steps) == bounds
-    trace, info, backend, _ = run(suffix_policy(), spec, steps)
+    _trace, info, backend, _ = run(suffix_policy(), spec, steps)
     got = [(s, e) for s, e, _ in backend.calls]
     assert got == segments(refine, steps)
     assert info.boundaries == bounds
     # contiguous, covering every step exactly once
     assert got[0][0] == 0 and got[-1][1] == steps
-    assert all(a[1] == b[0] for a, b in zip(got, got[1:]))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(got))
 
 
 def test_async_delay_adds_apply_boundaries():
@@ -63,7 +63,7 @@ def test_reencoding_happens_after_each_refine_step_and_not_before():
     trace, info, backend, clip = run(suffix_policy(), "2,5", steps)
     assert clip.encoded == ["a red fox", "a red fox, oil painting", "a red fox, oil painting, oil painting"]
     assert [step for step, _ in info.encodes] == [-1, 2, 5]
-    expected = {range(0, 3): "a red fox", range(3, 6): "a red fox, oil painting",
+    expected = {range(3): "a red fox", range(3, 6): "a red fox, oil painting",
                 range(6, 10): "a red fox, oil painting, oil painting"}
     for span, text in expected.items():
         for step in span:
@@ -78,7 +78,7 @@ def test_reencoding_happens_after_each_refine_step_and_not_before():
 
 
 def test_unchanged_prompt_is_not_reencoded():
-    trace, info, backend, clip = run(StaticPolicy(lambda obs: obs.current_prompt), "2,5", 10)
+    trace, _info, backend, clip = run(StaticPolicy(lambda obs: obs.current_prompt), "2,5", 10)
     assert clip.encoded == ["a red fox"]
     assert len(backend.calls) == 3 and all(c[2] is backend.calls[0][2] for c in backend.calls)
     assert len(trace.entries) == 2 and not any(e.changed for e in trace.entries)
@@ -86,7 +86,7 @@ def test_unchanged_prompt_is_not_reencoded():
 
 def test_per_sample_prompts_are_batched():
     policy = StaticPolicy(lambda obs: f"{obs.current_prompt} #{obs.sample_index}" + " word" * 12 * obs.sample_index)
-    trace, info, backend, clip = run(policy, "3", 6, batch=3)
+    trace, _info, backend, clip = run(policy, "3", 6, batch=3)
     before = backend.positive_at(0)
     after = backend.positive_at(4)
     assert before[0][0].shape[0] == 1  # one prompt for the whole batch: CLIPTextEncode's output
@@ -123,7 +123,7 @@ def test_async_with_delay_applies_later():
 
 def test_async_with_delay_equals_sync_at_the_apply_step():
     """The conditioning per step of async(k, delay d) is that of sync refining at k + d."""
-    _, _, async_backend, clip = run(suffix_policy(), "2", 10, mode="async", async_delay=3)
+    _, _, async_backend, _clip = run(suffix_policy(), "2", 10, mode="async", async_delay=3)
     _, _, sync_backend, _ = run(suffix_policy(), "5", 10, mode="sync")
     for step in range(10):
         assert torch.equal(async_backend.positive_at(step)[0][0], sync_backend.positive_at(step)[0][0])
@@ -145,7 +145,7 @@ def test_async_on_arrival_runs_single_steps_until_the_answer_lands():
             release.set()
             arrived.wait(10)
 
-    trace, info, backend, clip = run(Gated(), "2", 10, mode="async", async_delay=None, on_run=on_run)
+    trace, _info, backend, clip = run(Gated(), "2", 10, mode="async", async_delay=None, on_run=on_run)
     got = [(s, e) for s, e, _ in backend.calls]
     assert got == [(0, 3), (3, 4), (4, 5), (5, 6), (6, 10)]
     assert [(e.step, e.applied_step) for e in trace.entries] == [(2, 5)]
@@ -161,7 +161,7 @@ def test_async_answer_too_late_is_recorded_not_applied():
             return suffix_policy().refine(observations)
 
     try:
-        trace, info, backend, clip = run(Slow(), "2", 6, mode="async", async_delay=None)
+        trace, info, _backend, clip = run(Slow(), "2", 6, mode="async", async_delay=None)
     finally:
         release.set()
     assert clip.encoded == ["a red fox"]
@@ -182,7 +182,7 @@ def test_ahead_plans_once_and_never_asks_for_previews():
             calls["plan"] += 1
             return inner.plan(prompts, steps, num_steps)
 
-    trace, info, backend, clip = run(Counting(), "2,5", 10, mode="ahead", batch=2)
+    _trace, info, backend, _clip = run(Counting(), "2,5", 10, mode="ahead", batch=2)
     assert calls == {"refine": 0, "plan": 1}
     assert backend.preview_calls == []
     assert [step for step, _ in info.encodes] == [-1, 2, 5]

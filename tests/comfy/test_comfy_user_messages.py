@@ -10,6 +10,8 @@ import types
 
 import pytest
 from comfy_fakes import FakeBackend, FakeCLIP
+
+from promptloop import RefineLoop, StaticPolicy
 from promptloop.comfy_nodes.comfy_backend import PromptEncoder
 from promptloop.comfy_nodes.install import library_requirement
 from promptloop.comfy_nodes.nodes import (
@@ -21,8 +23,6 @@ from promptloop.comfy_nodes.nodes import (
     policy_folders,
 )
 from promptloop.comfy_nodes.segments import run_segmented
-
-from promptloop import RefineLoop, StaticPolicy
 
 
 def sample(policy, schedule: str, steps: int = 6, batch: int = 1, mode: str = "sync"):
