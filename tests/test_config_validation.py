@@ -156,7 +156,7 @@ def test_bad_eval_backbone_and_config_file(tmp_path, nothing_loads):
 
 # -- promptloop experiment ------------------------------------------------------------------------
 def test_bad_experiment_input_is_one_line_and_exit_2_before_anything_trains(tmp_path, monkeypatch, nothing_loads):
-    from promptloop.training.shapes import experiment
+    from promptloop.training.shapes import experiment, jobs
 
     def refuse(*args, **kwargs):
         raise Loaded("a training started before the configs were checked")
@@ -165,11 +165,10 @@ def test_bad_experiment_input_is_one_line_and_exit_2_before_anything_trains(tmp_
     out = ["--out", str(tmp_path / "exp")]
     _one_line_error(runner.invoke(app, ["experiment", "shapes", "--preset", "huge", *out]), "--preset", "huge")
     _one_line_error(runner.invoke(app, ["experiment", "shapes", "--parallel", "0", *out]), "--parallel")
-    bad = dataclasses.replace(experiment.REDUCED, grpo_overrides=[*experiment.REDUCED.grpo_overrides,
-                                                                  "learning_rate=-1"])
-    monkeypatch.setattr(experiment, "REDUCED", bad)
+    bad = dataclasses.replace(jobs.REDUCED, grpo_overrides=[*jobs.REDUCED.grpo_overrides, "learning_rate=-1"])
+    monkeypatch.setattr(jobs, "REDUCED", bad)
     _one_line_error(runner.invoke(app, ["experiment", "shapes", "--reduced", *out]), "learning_rate", "-1")
-    missing = dataclasses.replace(experiment.REDUCED, grpo_overrides=[], backbone_b=str(tmp_path / "no-backbone-b"))
-    monkeypatch.setattr(experiment, "REDUCED", missing)
+    missing = dataclasses.replace(jobs.REDUCED, grpo_overrides=[], backbone_b=str(tmp_path / "no-backbone-b"))
+    monkeypatch.setattr(jobs, "REDUCED", missing)
     _one_line_error(runner.invoke(app, ["experiment", "shapes", "--reduced", *out]), "backbone_b", "no-backbone-b")
     assert not (tmp_path / "exp").exists()

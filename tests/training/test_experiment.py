@@ -7,10 +7,10 @@ import csv
 import json
 
 import pytest
-from promptloop.training.shapes.experiment_report import LABELS
 from typer.testing import CliRunner
 
 from promptloop.cli import app
+from promptloop.training.shapes.experiment_report import LABELS
 
 ROWS = ("a", "a-sft", "a-sft-oneshot", "b", "c-sync", "c-async", "c-ahead", "a-B", "d", "e", "e+c")
 
@@ -51,8 +51,8 @@ def test_reduced_experiment_writes_every_artefact(tmp_path):
 
 
 def test_the_descriptive_preset_runs_on_backbones_c_and_d_and_names_them():
-    from promptloop.training.shapes.experiment import DESCRIPTIVE, FULL
     from promptloop.training.shapes.experiment_report import label
+    from promptloop.training.shapes.jobs import DESCRIPTIVE, FULL
 
     assert DESCRIPTIVE.backbone_a.endswith("backbone-c") and DESCRIPTIVE.backbone_b.endswith("backbone-d")
     assert (DESCRIPTIVE.grpo_steps, DESCRIPTIVE.train_seeds) == (FULL.grpo_steps, FULL.train_seeds)
@@ -60,3 +60,15 @@ def test_the_descriptive_preset_runs_on_backbones_c_and_d_and_names_them():
     assert label("d", DESCRIPTIVE) == "(d) (c) policy on backbone D"
     assert label("e+c", DESCRIPTIVE) == "(e) DDPO-tuned C + (c) policy"
     assert label("a", FULL) == LABELS["a"] == "(a) backbone A alone"
+
+
+def test_the_stages_import_the_definitions_not_each_other():
+    """No import circle: the evaluation and the report need the job definitions (jobs.py), never the
+    command module that runs the trainings."""
+    import subprocess
+    import sys
+
+    code = ("import sys, promptloop.training.shapes.experiment_report; "
+            "print('promptloop.training.shapes.experiment' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

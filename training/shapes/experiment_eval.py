@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-from promptloop.training.shapes.experiment import ExperimentSettings, TrainingJob
+from promptloop.training.shapes.jobs import ExperimentSettings, TrainingJob
 from promptloop.worlds.shapes.evaluation import STEPWISE_SCHEDULE
 
 #: The per-attribute columns (the ``shapes`` reward is their mean over the attributes a prompt

@@ -12,8 +12,8 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-from promptloop.training.shapes.experiment import ExperimentSettings, TrainingJob, curves
 from promptloop.training.shapes.experiment_eval import ATTRIBUTES, run_evaluation
+from promptloop.training.shapes.jobs import ExperimentSettings, TrainingJob, curves
 
 #: Row labels, ``{a}`` the backbone trained on and ``{b}`` the one generalised to.
 _LABEL_TEMPLATES: dict[str, str] = {
