@@ -94,6 +94,8 @@ class PromptLoopHook(PipelineCallback):
         keep_history: show the policy each sample's earlier prompts.
         max_prompt_chars: longest refined prompt accepted (longer ones fall back as
             ``too_long``); ``None``: the policy's own limit, else 600.
+        policy_options: keyword arguments for every ``refine``/``plan`` call (e.g.
+            ``{"sampling": SamplingConfig(...)}``), see :class:`~promptloop.loop.RefineLoop`.
 
     After the pipeline call, :attr:`trace` holds every refinement (step, timestep, preview,
     prompt before and after, fallback reason, latency).
@@ -114,11 +116,13 @@ class PromptLoopHook(PipelineCallback):
         keep_previews: bool = True,
         keep_history: bool = True,
         max_prompt_chars: int | None = None,
+        policy_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__(cutoff_step_ratio=1.0)
         self.loop = RefineLoop(
             policy, schedule, mode=mode, timeout_s=timeout_s, async_delay=async_delay,
             keep_previews=keep_previews, keep_history=keep_history, max_prompt_chars=max_prompt_chars,
+            policy_options=policy_options,
         )
         if isinstance(preview, str) and preview not in ("vae", "taesd", "linear"):
             raise ValueError(f"unknown preview {preview!r}; choose 'vae', 'taesd' or 'linear'")

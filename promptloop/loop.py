@@ -27,11 +27,18 @@ Whatever the policy does (raise, hang, return garbage), the loop records a fallb
 sample keeps its current prompt: a generation is never broken by the policy. Every refinement,
 whichever backend produced it, passes :func:`~promptloop.policies.parsing.prompt_problem` before
 it is applied (empty or whitespace, longer than ``max_prompt_chars``, control characters or not a
-string: a fallback with that reason in the trace).
+string: a fallback with that reason in the trace), unless the policy's parser already passed it
+with a limit no larger (:func:`~promptloop.policies.parsing.passed_checks`).
+
+The trace records what the policy reported with each refinement: its tokens and log-probs, and
+the exact messages it generated from (``Refinement.extra["messages"]``, see
+:class:`~promptloop.policies.base.GenerativePolicy`), which trainers score against. The time
+spent in the policy's calls is ``trace.meta["policy_s"]``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import queue
 import threading
@@ -45,9 +52,8 @@ from typing import Any
 
 from PIL import Image
 
-from promptloop.policies.base import Policy
-from promptloop.policies.messages import PLAN_SYSTEM_PROMPT, SYSTEM_PROMPT
-from promptloop.policies.parsing import DEFAULT_MAX_PROMPT_CHARS, prompt_problem
+from promptloop.policies.base import MESSAGES, Policy
+from promptloop.policies.parsing import DEFAULT_MAX_PROMPT_CHARS, passed_checks, prompt_problem
 from promptloop.refinement import Fallback, Observation, Refinement
 from promptloop.schedule import RefineSchedule
 from promptloop.trace import Trace, TraceEntry
@@ -56,6 +62,17 @@ logger = logging.getLogger("promptloop")
 
 MODES = ("sync", "async", "ahead")
 PreviewSource = Callable[[], Sequence[Image.Image | None]] | Sequence[Image.Image | None] | None
+
+
+def system_prompt_of(messages: Sequence[dict[str, Any]] | None) -> str | None:
+    """The text of the system message in ``messages`` (``None`` without one)."""
+    for message in messages or ():
+        if message.get("role") == "system":
+            content = message.get("content")
+            if isinstance(content, str):
+                return content
+            return "".join(part.get("text", "") for part in content or () if part.get("type") == "text")
+    return None
 
 
 class _Worker:
@@ -125,6 +142,9 @@ class RefineLoop:
         keep_history: show the policy the sample's earlier prompts.
         max_prompt_chars: longest refined prompt accepted; ``None``: the policy's own
             ``max_prompt_chars`` when it has one, else 600.
+        policy_options: keyword arguments for every ``refine``/``plan`` call, e.g.
+            ``{"sampling": SamplingConfig(...)}`` to decode this run's calls with other settings
+            than the policy's own (a :class:`~promptloop.policies.base.GenerativePolicy`).
     """
 
     def __init__(
@@ -138,6 +158,7 @@ class RefineLoop:
         keep_previews: bool = True,
         keep_history: bool = True,
         max_prompt_chars: int | None = None,
+        policy_options: dict[str, Any] | None = None,
     ) -> None:
         if mode not in MODES:
             raise ValueError(f"unknown mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -155,6 +176,7 @@ class RefineLoop:
         if max_prompt_chars is None:
             max_prompt_chars = getattr(policy, "max_prompt_chars", None) or DEFAULT_MAX_PROMPT_CHARS
         self.max_prompt_chars = int(max_prompt_chars)
+        self.policy_options = dict(policy_options or {})
         self.trace = Trace()
         self.refine_steps: list[int] = []
         #: Each sample's own refinement steps (random schedules differ per sample).
@@ -162,12 +184,14 @@ class RefineLoop:
         self.num_steps = 0
         self.current: list[str] = []
         self.policy_calls = 0
+        self.policy_seconds = 0.0
         self._history: list[list[str]] = []
         self._pending: deque[_AsyncRequest] = deque()
         self._plan: dict[int, dict[int, Refinement]] = {}
         self._worker: _Worker | None = None
         self._started = False
-        self._prepared: tuple[list[str], list[list[Refinement]], float] | None = None
+        #: ``ahead`` plans written by :meth:`prepare`: (prompts, plans, latency, calls, policy seconds).
+        self._prepared: tuple[list[str], list[list[Refinement]], float, int, float] | None = None
         self._resolved: tuple[int, int, list[list[int]]] | None = None
 
     # -- run lifecycle ----------------------------------------------------------------------
@@ -184,9 +208,10 @@ class RefineLoop:
             return
         if not any(sample_steps) or not prompts:
             return
+        self.policy_calls, self.policy_seconds = 0, 0.0
         start = time.perf_counter()
         plans = self._plan_samples(list(prompts), sample_steps, int(num_steps))
-        self._prepared = (list(prompts), plans, time.perf_counter() - start)
+        self._prepared = (list(prompts), plans, time.perf_counter() - start, self.policy_calls, self.policy_seconds)
 
     def _resolve(self, num_samples: int, num_steps: int) -> list[list[int]]:
         """Each sample's steps for this run: those :meth:`prepare` drew, if it was called for the
@@ -205,7 +230,7 @@ class RefineLoop:
         self.current = list(prompts)
         self._history = [[] for _ in prompts]
         self._plan = {}
-        self.policy_calls = 0
+        self.policy_calls, self.policy_seconds = 0, 0.0
         self.trace = Trace(
             original_prompts=list(prompts),
             meta={"mode": self.mode, "num_steps": self.num_steps, "refine_steps": list(self.refine_steps),
@@ -217,7 +242,7 @@ class RefineLoop:
         if self.mode == "ahead" and self.refine_steps and prompts:
             prepared, self._prepared = self._prepared, None
             if prepared is not None and prepared[0] == list(prompts):
-                plans, latency = prepared[1], prepared[2]
+                plans, latency, self.policy_calls, self.policy_seconds = prepared[1:]
             else:
                 start = time.perf_counter()
                 plans = self._plan_samples(list(prompts), self.sample_steps, self.num_steps)
@@ -292,6 +317,7 @@ class RefineLoop:
             self._worker = None
         self._started = False
         self.trace.meta["policy_calls"] = self.policy_calls
+        self.trace.meta["policy_s"] = round(self.policy_seconds, 4)
         return self.trace
 
     # -- internals --------------------------------------------------------------------------
@@ -319,9 +345,17 @@ class RefineLoop:
     def _snapshot(obs: Observation) -> Observation:
         return replace(obs, history=list(obs.history))
 
-    def _refine_checked(self, observations: list[Observation]) -> list[Refinement]:
+    def _timed(self, call: Callable[[], Any]) -> Any:
+        """One policy call, counted in :attr:`policy_calls` and :attr:`policy_seconds`."""
         self.policy_calls += 1
-        refinements = list(self.policy.refine(observations))
+        start = time.perf_counter()
+        try:
+            return call()
+        finally:
+            self.policy_seconds += time.perf_counter() - start
+
+    def _refine_checked(self, observations: list[Observation]) -> list[Refinement]:
+        refinements = list(self._timed(lambda: self.policy.refine(observations, **self.policy_options)))
         if len(refinements) != len(observations) or not all(isinstance(r, Refinement) for r in refinements):
             raise TypeError(f"policy returned {len(refinements)} items for {len(observations)} observations")
         return refinements
@@ -347,6 +381,8 @@ class RefineLoop:
         """``ref`` if its text may condition the sampler, else a fallback that keeps ``kept``
         (token ids and log-probs stay: for training, a rejected answer is still an action)."""
         if ref.fallback is None:
+            if passed_checks(ref, max_chars=self.max_prompt_chars):
+                return ref
             problem = prompt_problem(ref.text, max_chars=self.max_prompt_chars)
             if problem is None:
                 return ref
@@ -370,10 +406,7 @@ class RefineLoop:
         return changes
 
     def _record(self, step, applied_step, obs: Observation, ref: Refinement, image, snapshot=None) -> None:
-        plan_steps = ref.extra.get("plan_steps")
-        system_prompt = getattr(self.policy, "system_prompt", None)
-        if system_prompt is None and hasattr(self.policy, "messages_for"):
-            system_prompt = PLAN_SYSTEM_PROMPT if plan_steps is not None else SYSTEM_PROMPT
+        messages = ref.extra.get(MESSAGES)
         self.trace.entries.append(
             TraceEntry(
                 sample_index=obs.sample_index,
@@ -391,10 +424,11 @@ class RefineLoop:
                 preview=image if self.keep_previews else None,
                 token_ids=ref.token_ids,
                 logprobs=ref.logprobs,
-                system_prompt=system_prompt,
-                plan_steps=plan_steps,
+                system_prompt=system_prompt_of(messages),
+                plan_steps=ref.extra.get("plan_steps"),
                 plan_index=ref.extra.get("plan_index"),
                 observation=snapshot,
+                messages=messages,
             )
         )
 
@@ -468,11 +502,11 @@ class RefineLoop:
 
     def _call_plan(self, prompts: list[str], steps: list[int], num_steps: int) -> list[list[Refinement]]:
         def call() -> list[list[Refinement]]:
-            self.policy_calls += 1
             plan_fn = getattr(self.policy, "plan", None)
             if plan_fn is None:
+                self.policy_calls += 1
                 raise TypeError(f"{type(self.policy).__name__} has no plan() method; ahead mode needs one")
-            plans = list(plan_fn(prompts, steps, num_steps))
+            plans = list(self._timed(lambda: plan_fn(prompts, steps, num_steps, **self.policy_options)))
             if len(plans) != len(prompts) or any(len(p) != len(steps) for p in plans):
                 raise TypeError("policy.plan returned the wrong number of prompts")
             return plans
@@ -495,7 +529,5 @@ class RefineLoop:
         self.trace.meta["plan_latency_s"] = latency
 
     def __del__(self) -> None:  # best effort: stop the worker thread
-        try:
+        with contextlib.suppress(Exception):
             self._drop_pending()
-        except Exception:  # noqa: BLE001
-            pass

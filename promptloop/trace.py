@@ -33,6 +33,10 @@ def _reason(entry: TraceEntry) -> str:
     return entry.fallback + (f": {entry.error}" if entry.error else "")
 
 
+#: TraceEntry fields kept in memory only (previews are saved as files beside the JSON).
+_MEMORY_ONLY = ("preview", "observation", "messages")
+
+
 @dataclass
 class TraceEntry:
     """One refinement of one sample.
@@ -57,22 +61,34 @@ class TraceEntry:
     preview: Image.Image | None = field(default=None, repr=False, compare=False)
     token_ids: list[int] | None = field(default=None, repr=False)
     logprobs: list[float] | None = field(default=None, repr=False)
-    #: The system prompt the policy was shown (``None``: the backend's default).
+    #: The system prompt the policy was shown (from :attr:`messages`; ``None`` when the policy
+    #: reported no conversation, e.g. a function policy or a remote sidecar).
     system_prompt: str | None = field(default=None, repr=False)
     #: ``ahead`` mode: the steps the plan was written for and this entry's line in it.
     plan_steps: list[int] | None = None
     plan_index: int | None = None
     #: An unchanged copy of what the policy saw (prompts, history, step, preview), kept in
-    #: memory even when previews are not kept, so trainers can rebuild the exact conversation.
+    #: memory even when previews are not kept (a trainer's evaluation strip shows its preview).
     #: Not saved to JSON.
     observation: Any = field(default=None, repr=False, compare=False)
+    #: The exact chat messages the policy was given for this generation, as the policy reported
+    #: them with its refinement (``Refinement.extra["messages"]``; for an ``ahead`` plan, the
+    #: planning conversation, on every line). Trainers score the tokens against these. ``None``:
+    #: the policy reported none. Kept in memory only (they hold the preview), not saved to JSON.
+    messages: list[dict[str, Any]] | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def generation(self) -> bool:
+        """Whether this entry is a policy generation of its own: every refinement is, except the
+        lines after the first of an ``ahead`` plan (one generation wrote the whole plan)."""
+        return self.plan_index in (None, 0)
 
     @property
     def changed(self) -> bool:
         return self.fallback is None and self.prompt_after != self.prompt_before
 
     def to_dict(self, preview_path: str | None = None) -> dict[str, Any]:
-        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("preview", "observation")}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in _MEMORY_ONLY}
         data["preview"] = preview_path
         return data
 
@@ -100,6 +116,11 @@ class Trace:
             if entry.applied_step is not None:
                 finals[entry.sample_index] = entry.prompt_after
         return finals
+
+    def generations(self) -> list[TraceEntry]:
+        """One entry per policy generation, by sample then step: an ``ahead`` plan counts once (its
+        first line), as it is one generation (its token ids and log-probs are on every line)."""
+        return sorted((e for e in self.entries if e.generation), key=lambda e: (e.sample_index, e.step))
 
     @property
     def fallbacks(self) -> list[TraceEntry]:

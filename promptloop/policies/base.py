@@ -7,7 +7,9 @@ hook turns into fallbacks too.
 
 Backends implement :meth:`GenerativePolicy.generate`: chat messages in, raw generations out.
 Everything else (message building, image preparation, the input bound, parsing, fallbacks,
-``ahead`` plans, timing, and the asynchronous variants a server uses) lives here once.
+``ahead`` plans, timing, and the asynchronous variants a server uses) lives here once. Each
+refinement carries the exact messages it was generated from in ``extra["messages"]``
+(:data:`MESSAGES`), which the loop records in the trace for trainers.
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from promptloop.policies.messages import (
 )
 from promptloop.policies.parsing import DEFAULT_MAX_PROMPT_CHARS, parse_plan, parse_refinement
 from promptloop.refinement import Observation, Refinement
+
+#: The ``Refinement.extra`` key under which a policy reports the chat messages it generated from.
+MESSAGES = "messages"
 
 
 @runtime_checkable
@@ -189,7 +194,7 @@ class GenerativePolicy(abc.ABC):
         """One refinement per observation (see the class docstring for ``sampling`` and ``options``)."""
         start, conversations = time.perf_counter(), [self.messages_for(obs) for obs in observations]
         generations = self.generate(conversations, **_generate_kwargs(sampling, options)) if observations else []
-        return self._refinements(observations, generations, start)
+        return self._refinements(observations, conversations, generations, start)
 
     async def arefine(
         self, observations: Sequence[Observation], *, sampling: SamplingConfig | None = None, **options: Any
@@ -197,7 +202,7 @@ class GenerativePolicy(abc.ABC):
         """:meth:`refine` for an event loop (a server): generation through :meth:`agenerate`."""
         start, conversations = time.perf_counter(), [self.messages_for(obs) for obs in observations]
         generations = await self.agenerate(conversations, **_generate_kwargs(sampling, options)) if observations else []
-        return self._refinements(observations, generations, start)
+        return self._refinements(observations, conversations, generations, start)
 
     def plan(
         self, prompts: Sequence[str], steps: Sequence[int], num_steps: int, *,
@@ -206,7 +211,7 @@ class GenerativePolicy(abc.ABC):
         """For each prompt, one refinement per step in ``steps``, written up front (no preview)."""
         start, conversations = time.perf_counter(), self.plan_messages_for(prompts, steps, num_steps)
         generations = self.generate(conversations, **_generate_kwargs(sampling, options)) if prompts else []
-        return self._plans(prompts, len(steps), generations, start)
+        return self._plans(prompts, len(steps), conversations, generations, start)
 
     async def aplan(
         self, prompts: Sequence[str], steps: Sequence[int], num_steps: int, *,
@@ -215,37 +220,39 @@ class GenerativePolicy(abc.ABC):
         """:meth:`plan` for an event loop: generation through :meth:`agenerate`."""
         start, conversations = time.perf_counter(), self.plan_messages_for(prompts, steps, num_steps)
         generations = await self.agenerate(conversations, **_generate_kwargs(sampling, options)) if prompts else []
-        return self._plans(prompts, len(steps), generations, start)
+        return self._plans(prompts, len(steps), conversations, generations, start)
 
     def _refinements(
-        self, observations: Sequence[Observation], generations: Sequence[Generation], start: float
+        self, observations: Sequence[Observation], conversations: Sequence[list[Message]],
+        generations: Sequence[Generation], start: float,
     ) -> list[Refinement]:
         latency = time.perf_counter() - start
         if len(generations) != len(observations):
             raise RuntimeError(f"backend returned {len(generations)} generations for {len(observations)} inputs")
         out = []
-        for obs, gen in zip(observations, generations):
+        for obs, conversation, gen in zip(observations, conversations, generations):
             ref = parse_refinement(
                 gen.text, obs.current_prompt, finished=gen.finished, max_chars=self.max_prompt_chars
             )
             ref.token_ids, ref.logprobs, ref.latency_s = gen.token_ids, gen.logprobs, latency
+            ref.extra[MESSAGES] = conversation
             out.append(ref)
         return out
 
     def _plans(
-        self, prompts: Sequence[str], count: int, generations: Sequence[Generation], start: float
+        self, prompts: Sequence[str], count: int, conversations: Sequence[list[Message]],
+        generations: Sequence[Generation], start: float,
     ) -> list[list[Refinement]]:
         latency = time.perf_counter() - start
         if len(generations) != len(prompts):
             raise RuntimeError(f"backend returned {len(generations)} generations for {len(prompts)} inputs")
         plans = []
-        for prompt, gen in zip(prompts, generations):
+        for prompt, conversation, gen in zip(prompts, conversations, generations):
             plan = parse_plan(gen.text, prompt, count, max_chars=self.max_prompt_chars)
-            for ref in plan:
-                ref.latency_s = latency
             for j, ref in enumerate(plan):  # one generation wrote the whole plan: every line carries it
+                ref.latency_s = latency
                 ref.token_ids, ref.logprobs = gen.token_ids, gen.logprobs
-                ref.extra["plan_index"] = j
+                ref.extra.update({"plan_index": j, MESSAGES: conversation})
             plans.append(plan)
         return plans
 

@@ -69,7 +69,18 @@ def parse_refinement(
         return Refinement.fallback_to(current_prompt, problem, raw_text=raw)
     if not finished:
         return Refinement.fallback_to(current_prompt, Fallback.TRUNCATED, raw_text=raw)
-    return Refinement(text=text, raw_text=raw)
+    return Refinement(text=text, raw_text=raw, extra={_CHECKED: (text, max_chars)})
+
+
+#: ``Refinement.extra`` key: the text :func:`parse_refinement` passed and the limit it used.
+_CHECKED = "checked"
+
+
+def passed_checks(ref: Refinement, *, max_chars: int) -> bool:
+    """Whether :func:`parse_refinement` already passed ``ref.text`` (unchanged since) with a
+    limit of at most ``max_chars``, so :func:`prompt_problem` need not run on it again."""
+    checked = ref.extra.get(_CHECKED)
+    return checked is not None and checked[0] == ref.text and checked[1] <= max_chars
 
 
 _NUMBERED = re.compile(r"^\s*(\d+)\s*[.):\-]\s*(.*)$")
