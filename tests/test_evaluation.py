@@ -160,12 +160,13 @@ def test_t_interval_and_summaries():
 
 
 def test_oneshot_rewrite_is_what_the_pipeline_samples_and_training_shares_it(tiny_pipes, warm_policy_dir):
-    import promptloop.oneshot as oneshot
+    import promptloop.rollout
+    from promptloop import oneshot
     from promptloop.policies import SamplingConfig, TransformersPolicy
     from promptloop.rewards import load_reward
     from promptloop.training import rollouts
 
-    assert rollouts.oneshot_rewrite is oneshot.oneshot_rewrite
+    assert rollouts.sample is cells_module.sample is promptloop.rollout.sample  # the one sampling path
     pipe = tiny_pipes["sd"]
     policy = StaticPolicy(lambda obs: "a watercolor painting of " + obs.current_prompt)
     trace, rewritten = oneshot.oneshot_rewrite(policy, PROMPTS[:2], 3)
@@ -188,7 +189,7 @@ def test_oneshot_rewrite_is_what_the_pipeline_samples_and_training_shares_it(tin
                              schedule="oneshot", seed=0, num_inference_steps=3, height=64, width=64)
     assert len(batch.actions) == 2 and all(a.step == -1 and a.token_ids and a.old_logprobs for a in batch.actions)
     again = pipe(batch.trace.final_prompts(), num_inference_steps=3, guidance_scale=5.0, height=64, width=64,
-                 generator=torch.Generator().manual_seed(0)).images
+                 generator=[torch.Generator().manual_seed(s) for s in (0, 1)]).images  # image_seed(0, j)
     assert batch.trace.final_prompts() != PROMPTS[:2]
     assert all(np.array_equal(_pixels(x), _pixels(y)) for x, y in zip(batch.images, again))
 

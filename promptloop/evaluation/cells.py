@@ -15,23 +15,18 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from PIL import Image
 
 from promptloop.evaluation.rows import EvalRow
 from promptloop.evaluation.settings import EvalSettings
-from promptloop.hook import PromptLoopHook
-from promptloop.oneshot import is_oneshot, oneshot_rewrite
+from promptloop.rollout import (
+    NOISE_STRIDE,  # noqa: F401 - the noise convention, re-exported here
+    image_seed,
+    sample,
+)
 from promptloop.trace import Trace
 
 CELL_VERSION = 1
-#: Image ``i`` of seed ``s`` starts from ``torch.Generator().manual_seed(s * NOISE_STRIDE + i)``.
-NOISE_STRIDE = 100003
-
-
-def image_seed(seed: int, index: int) -> int:
-    """The noise seed of image ``index`` in a cell of sampling seed ``seed`` (the same in every row)."""
-    return int(seed) * NOISE_STRIDE + int(index)
 
 
 @dataclass
@@ -114,41 +109,15 @@ def save_cell(cell: Cell, path: str | Path) -> Path:
     return path
 
 
-def _policy_usage(trace: Trace) -> tuple[int, int]:
-    """Policy generations and generated tokens in a trace (an ``ahead`` plan counts once)."""
-    generations = tokens = 0
-    for entry in trace.entries:
-        if entry.plan_index not in (None, 0):
-            continue
-        generations += 1
-        tokens += len(entry.token_ids or [])
-    return generations, tokens
-
-
 def sample_batch(pipe: Any, policy: Any, row: EvalRow, settings: EvalSettings, prompts: list[str],
                  noise_seeds: list[int], *, keep_previews: bool = False) -> tuple[list[Image.Image], Trace]:
     """Images of ``prompts`` (image ``j`` from noise seed ``noise_seeds[j]``) as the row samples
-    them, and the trace: the loop's hook, a one-shot rewrite, or the backbone alone (empty trace)."""
-    call: dict[str, Any] = dict(num_inference_steps=settings.num_inference_steps,
-                                guidance_scale=settings.guidance_scale, output_type="pil",
-                                generator=[torch.Generator(device="cpu").manual_seed(s) for s in noise_seeds])
-    if settings.height:
-        call["height"] = settings.height
-    if settings.width:
-        call["width"] = settings.width
-    if policy is None:
-        images = pipe(prompts, **call).images
-        trace = Trace(original_prompts=list(prompts), meta={"mode": "none", "num_steps": settings.num_inference_steps})
-    elif is_oneshot(row.schedule):
-        trace, rewritten = oneshot_rewrite(policy, prompts, settings.num_inference_steps)
-        images = pipe(rewritten, **call).images
-    else:
-        hook = PromptLoopHook(policy, row.schedule, mode=row.mode, preview=settings.preview,
-                              preview_size=settings.preview_size, timeout_s=settings.timeout_s,
-                              keep_previews=keep_previews)
-        images = pipe(prompts, callback_on_step_end=hook, **call).images
-        trace = hook.trace
-    return list(images), trace
+    them, and the trace (:func:`promptloop.rollout.sample` with the row's and the settings' options)."""
+    return sample(pipe, prompts, noise_seeds, policy=policy, schedule=row.schedule, mode=row.mode,
+                  preview=settings.preview, preview_size=settings.preview_size,
+                  num_inference_steps=settings.num_inference_steps, guidance_scale=settings.guidance_scale,
+                  height=settings.height, width=settings.width, timeout_s=settings.timeout_s,
+                  keep_previews=keep_previews)
 
 
 def score_images(images: list[Image.Image], prompts: list[str], final_prompts: list[str],
@@ -195,8 +164,8 @@ def compute_cell(pipe: Any, policy: Any, row: EvalRow, settings: EvalSettings, s
         images += got
         finals += trace.final_prompts()
         calls += int(trace.meta.get("policy_calls", 0))
-        g, t = _policy_usage(trace)
-        generations, tokens = generations + g, tokens + t
+        used = trace.generations()
+        generations, tokens = generations + len(used), tokens + sum(len(e.token_ids or []) for e in used)
         if want_strip:
             strip = _subtrace(trace, settings.num_strips).render_strip(images=got[:settings.num_strips])
     sampling_s = time.perf_counter() - start

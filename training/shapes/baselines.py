@@ -3,7 +3,8 @@ one-shot rewrite gets, and the ceiling of rewriting.
 
     python -m promptloop.training.shapes.baselines --backbone backbone-c --n 128 --seeds 0 1000
 
-Rows, on the same held-out prompts and noise (image i of sampling seed s uses noise seed s + i):
+Rows, on the same held-out prompts and noise (image i of sampling seed s uses noise seed
+``image_seed(s, i) = s * 100003 + i``, the convention of :mod:`promptloop.rollout`):
 
 * ``alone``: the backbone given the user's prompt;
 * ``scripted one-shot``: :func:`~promptloop.worlds.shapes.rewrite.explicit_rewrite` before sampling
@@ -35,7 +36,7 @@ def run(backbone: str, n: int, seeds: list[int], adapter: str | Path | None, ech
     from promptloop.policies import SamplingConfig, TransformersPolicy
     from promptloop.worlds.shapes.backbone import load_backbone
     from promptloop.worlds.shapes.demo import policy_path
-    from promptloop.worlds.shapes.evaluation import generate, heldout_prompts, steering_hook
+    from promptloop.worlds.shapes.evaluation import generate, heldout_prompts
     from promptloop.worlds.shapes.grammar import caption
     from promptloop.worlds.shapes.rewrite import explicit_rewrite
 
@@ -54,7 +55,7 @@ def run(backbone: str, n: int, seeds: list[int], adapter: str | Path | None, ech
         for name, prompts in inputs.items():
             rows.setdefault(name, []).extend(_scores(generate(pipe, prompts, seed=seed), users))
         for name, policy in policies.items():
-            images = generate(pipe, users, seed=seed, callback=steering_hook(policy))
+            images = generate(pipe, users, seed=seed, policy=policy)
             rows.setdefault(name, []).extend(_scores(images, users))
         echo(f"  sampling seed {seed}: done")
     return rows

@@ -58,45 +58,43 @@ def summarize(images: Sequence[Image.Image], prompts: Sequence[str]) -> dict[str
     return out
 
 
+#: Where every step-wise ShapesWorld evaluation refines (the experiment, the demo, shipped figures).
+STEPWISE_SCHEDULE = "evenly:2"
+#: The loop as every step-wise ShapesWorld evaluation runs it (sync mode, VAE previews of 112 px).
+STEERING: dict = {"mode": "sync", "preview": "vae", "preview_size": 112}
+
+
 def generate(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int = 20, guidance: float = 4.0,
-             batch_size: int = 16, callback=None) -> list[Image.Image]:
-    """Images of ``prompts`` from a ShapesWorld pipeline; image i uses noise seed ``seed + i``."""
-    import torch
+             batch_size: int = 16, policy=None, schedule: str = STEPWISE_SCHEDULE) -> list[Image.Image]:
+    """Images of ``prompts`` from a ShapesWorld pipeline, steered by ``policy`` when given
+    (:data:`STEERING`, refining at ``schedule``); image i uses noise seed ``image_seed(seed, i)``
+    (:mod:`promptloop.rollout`: ``i`` for seed 0), in batches of ``batch_size``."""
+    from promptloop.rollout import image_seed, sample
 
     images: list[Image.Image] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
-        generators = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        kwargs = {"callback_on_step_end": callback} if callback is not None else {}
-        images += pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, height=64, width=64,
-                       generator=generators, **kwargs).images
+        images += sample(pipe, chunk, [image_seed(seed, start + i) for i in range(len(chunk))], policy=policy,
+                         schedule=schedule, num_inference_steps=steps, guidance_scale=guidance, height=64, width=64,
+                         **STEERING)[0]
     return images
 
 
 def evaluate_backbone(pipe, n: int = 64, *, styles: Sequence[str] = USER_STYLES, seed: int = 0,
-                      steps: int = 20, guidance: float = 4.0, callback=None) -> dict[str, float]:
-    """Per-attribute exact reward of ``pipe`` on ``n`` held-out prompts (``callback``: e.g. a
-    :func:`steering_hook`)."""
+                      steps: int = 20, guidance: float = 4.0, policy=None,
+                      schedule: str = STEPWISE_SCHEDULE) -> dict[str, float]:
+    """Per-attribute exact reward of ``pipe`` on ``n`` held-out prompts (steered by ``policy`` when
+    given, see :func:`generate`)."""
     pairs = heldout_prompts(n, styles)
     prompts = [p for _, p in pairs]
-    return summarize(generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance, callback=callback), prompts)
-
-
-#: Where every step-wise ShapesWorld evaluation refines (the experiment, the demo, shipped figures).
-STEPWISE_SCHEDULE = "evenly:2"
-
-
-def steering_hook(policy, schedule: str = STEPWISE_SCHEDULE, preview_size: int = 112):
-    """The loop as every step-wise evaluation runs it: sync mode, VAE previews, none kept."""
-    from promptloop.hook import PromptLoopHook
-
-    return PromptLoopHook(policy, schedule, preview="vae", preview_size=preview_size, keep_previews=False)
+    images = generate(pipe, prompts, seed=seed, steps=steps, guidance=guidance, policy=policy, schedule=schedule)
+    return summarize(images, prompts)
 
 
 def evaluate_steered(pipe, policy, n: int = 64, *, schedule: str = STEPWISE_SCHEDULE, **kwargs) -> dict[str, float]:
-    """Per-attribute exact reward of ``pipe`` steered by ``policy`` (:func:`steering_hook`) on the
-    same ``n`` held-out prompts and noise as :func:`evaluate_backbone` (``kwargs``: its options)."""
-    return evaluate_backbone(pipe, n, callback=steering_hook(policy, schedule), **kwargs)
+    """Per-attribute exact reward of ``pipe`` steered by ``policy`` on the same ``n`` held-out
+    prompts and noise as :func:`evaluate_backbone` (``kwargs``: its options)."""
+    return evaluate_backbone(pipe, n, policy=policy, schedule=schedule, **kwargs)
 
 
 #: The small fixed set the tests re-measure shipped artefacts on (recorded in training_info.json).
