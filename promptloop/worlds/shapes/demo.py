@@ -68,10 +68,8 @@ def run_demo(out: Path, *, prompts: Sequence[str] | None = None, backbone: str =
     """Run the ShapesWorld demo; write images, ``trace.json``/``trace.html``/``trace.png`` to ``out``.
     ``adapter``: a LoRA of the policy (e.g. :data:`ADAPTER`, the shipped GRPO one); None: the SFT start.
     Returns the rewards per prompt (``before``/``after``, per attribute)."""
-    import torch
-
-    from promptloop import PromptLoopHook
     from promptloop.policies import SamplingConfig, TransformersPolicy
+    from promptloop.rollout import image_seed, sample
     from promptloop.schedule import RefineSchedule
 
     prompts = list(prompts or DEMO_PROMPTS)
@@ -83,19 +81,15 @@ def run_demo(out: Path, *, prompts: Sequence[str] | None = None, backbone: str =
     refiner = TransformersPolicy.from_pretrained(policy_path(policy), adapter=lora, device="cpu", dtype="float32",
                                                  sampling=SamplingConfig(max_new_tokens=64))
 
-    def sample(callback=None) -> list[Image.Image]:
-        generators = [torch.Generator().manual_seed(seed + i) for i in range(len(prompts))]
-        kwargs = {"callback_on_step_end": callback} if callback is not None else {}
-        return pipe(prompts, num_inference_steps=steps, guidance_scale=guidance, height=64, width=64,
-                    generator=generators, **kwargs).images
-
+    # Both passes from the same noise: image i from image_seed(seed, i) (promptloop.rollout).
+    noise = [image_seed(seed, i) for i in range(len(prompts))]
+    call = {"num_inference_steps": steps, "guidance_scale": guidance, "height": 64, "width": 64}
     start = time.perf_counter()
-    before = sample()
-    hook = PromptLoopHook(refiner, schedule=schedule, mode=mode, preview="vae", preview_size=PREVIEW_SIZE)
-    after = sample(hook)
+    before, _ = sample(pipe, prompts, noise, **call)
+    after, trace = sample(pipe, prompts, noise, policy=refiner, schedule=schedule, mode=mode, preview="vae",
+                          preview_size=PREVIEW_SIZE, keep_previews=True, **call)
     elapsed = time.perf_counter() - start
 
-    trace = hook.trace
     results = []
     for i, prompt in enumerate(prompts):
         previews = [round(score_image(e.preview, prompt)["mean"], 3) for e in trace.for_sample(i)
