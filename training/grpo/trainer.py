@@ -282,9 +282,8 @@ class GRPOTrainer:
         out["reward/std"] = float(rewards.std()) if rewards.numel() > 1 else 0.0
         grouped = rewards.view(-1, self.config.num_generations)
         out["reward/group_std"] = float(grouped.std(dim=1).mean())
-        refinements = sum(1 for e in batch.trace.entries if e.plan_index in (None, 0))
-        fallbacks = sum(1 for e in batch.trace.entries if e.fallback is not None and e.plan_index in (None, 0))
-        out["train/fallback_rate"] = fallbacks / max(1, refinements)
+        generations = batch.trace.generations()
+        out["train/fallback_rate"] = sum(e.fallback is not None for e in generations) / max(1, len(generations))
         return out
 
     # -- evaluation -------------------------------------------------------------------------
