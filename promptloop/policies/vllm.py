@@ -92,6 +92,20 @@ def _guard_compile() -> None:
     torch._dynamo.config.disable = True
 
 
+def _engine_args(args: dict[str, Any], engine_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What vLLM's engine is built with (``LLM`` / ``AsyncEngineArgs``): ``args`` from the policy's
+    own parameters, log-probs in TransformersPolicy's meaning, the caller's ``engine_kwargs`` last,
+    then a KV-cache size on CPU where none was given."""
+    # Log-probs after temperature (and top-p), the meaning TransformersPolicy gives them.
+    args["logprobs_mode"] = "processed_logprobs"
+    args.update(engine_kwargs or {})
+    if "kv_cache_memory_bytes" not in args and "gpu_memory_utilization" not in args and _cpu_platform():
+        args["kv_cache_memory_bytes"] = 512 * 2**20
+    if "kv_cache_memory_bytes" in args and "gpu_memory_utilization" not in args and _cpu_platform():
+        args["gpu_memory_utilization"] = 0.1  # vLLM-CPU checks this fraction of host RAM too
+    return args
+
+
 @dataclass
 class VLLMRequests:
     """One call's engine inputs (see :meth:`VLLMPolicy.requests`)."""
@@ -151,17 +165,18 @@ class VLLMPolicy(GenerativePolicy):
         self.lora_enabled = bool(named) if enable_lora is None else bool(enable_lora)
         if named and not self.lora_enabled:
             raise ValueError("adapters were given but enable_lora=False")
-        self.engine_args = self._engine_args(
-            dtype=dtype,
-            max_model_len=max_model_len,
-            gpu_memory_utilization=gpu_memory_utilization,
-            kv_cache_memory_bytes=kv_cache_memory_bytes,
-            enforce_eager=enforce_eager,
-            limit_mm_per_prompt=limit_mm_per_prompt,
-            max_lora_rank=max_lora_rank,
-            max_loras=max_loras,
-            engine_kwargs=engine_kwargs,
-        )
+        args: dict[str, Any] = {
+            "model": self.name_or_path,
+            "dtype": dtype,
+            "limit_mm_per_prompt": dict(limit_mm_per_prompt or {"image": 1}),
+            "disable_log_stats": True,
+        }
+        given = {"max_model_len": max_model_len, "gpu_memory_utilization": gpu_memory_utilization,
+                 "kv_cache_memory_bytes": kv_cache_memory_bytes, "enforce_eager": enforce_eager}
+        args.update({key: value for key, value in given.items() if value is not None})
+        if self.lora_enabled:
+            args.update(enable_lora=True, max_lora_rank=max_lora_rank, max_loras=max_loras)
+        self.engine_args = _engine_args(args, engine_kwargs)
         self._lora_ids = itertools.count(1)
         self._adapters: dict[str, Any] = {}  # name -> vllm LoRARequest
         self._adapter_paths: dict[str, str] = {}
@@ -172,32 +187,6 @@ class VLLMPolicy(GenerativePolicy):
         self._engine = None
         if start:
             self.start()
-
-    # -- configuration ------------------------------------------------------------------------
-    def _engine_args(self, *, engine_kwargs: Mapping[str, Any] | None, **given: Any) -> dict[str, Any]:
-        args: dict[str, Any] = {
-            "model": self.name_or_path,
-            "dtype": given["dtype"],
-            "limit_mm_per_prompt": dict(given["limit_mm_per_prompt"] or {"image": 1}),
-            "disable_log_stats": True,
-        }
-        for key in ("max_model_len", "gpu_memory_utilization", "kv_cache_memory_bytes", "enforce_eager"):
-            if given[key] is not None:
-                args[key] = given[key]
-        if self.lora_enabled:
-            args.update(enable_lora=True, max_lora_rank=given["max_lora_rank"], max_loras=given["max_loras"])
-        # Log-probs after temperature (and top-p), the meaning TransformersPolicy gives them.
-        args["logprobs_mode"] = "processed_logprobs"
-        args.update(engine_kwargs or {})
-        if (
-            "kv_cache_memory_bytes" not in args
-            and "gpu_memory_utilization" not in args
-            and _cpu_platform()
-        ):
-            args["kv_cache_memory_bytes"] = 512 * 2**20
-        if "kv_cache_memory_bytes" in args and "gpu_memory_utilization" not in args and _cpu_platform():
-            args["gpu_memory_utilization"] = 0.1  # vLLM-CPU checks this fraction of host RAM too
-        return args
 
     @property
     def processor(self):
