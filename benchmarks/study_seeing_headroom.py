@@ -70,8 +70,19 @@ def _static(fn, name: str):
     return StaticPolicy(fn, name=name)
 
 
-def run(backbone: str, users: list[str], seeds: list[int], refine: list[int], preview: str, size: int,
-        k: int, count: bool, probe_add: list[int], echo=print) -> tuple[dict[str, list[dict]], dict]:
+def parse_variant(spec: str) -> tuple[list[int], bool]:
+    """``"4"`` -> refine at step 4; ``"2,6"`` -> at steps 2 and 6; a trailing ``c`` also states the count."""
+    count = spec.endswith("c")
+    return [int(x) for x in spec.rstrip("c").split(",")], count
+
+
+def variant_label(spec: str) -> str:
+    steps, count = parse_variant(spec)
+    return f"preview_rule @{','.join(map(str, steps))}{' +count' if count else ''}"
+
+
+def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], preview: str, size: int,
+        k: int, probe_add: list[int], alone: bool = True, echo=print) -> tuple[dict[str, list[dict]], dict]:
     import torch
 
     from promptloop.oneshot import oneshot_rewrite
@@ -87,28 +98,33 @@ def run(backbone: str, users: list[str], seeds: list[int], refine: list[int], pr
 
     torch.manual_seed(0)
     pipe = load_backbone(backbone)
-    style = BACKBONE_INPUT.get(backbone, "explicit")
+    style = BACKBONE_INPUT.get(Path(backbone).name, "explicit")
     steps, cfg = DEFAULT_STEPS, DEFAULT_GUIDANCE
     rows: dict[str, list[dict]] = {}
-    info: dict = {"changed": 0, "refinements": 0, "seconds": {}}
+    info: dict = {"changed": {}, "refinements": {}, "seconds": {}}
 
-    def add(name: str, images, t0: float) -> None:
-        rows.setdefault(name, []).extend(_scores(images, users))
+    def add(name: str, images, t0: float, who=None) -> None:
+        rows.setdefault(name, []).extend(_scores(images, who or users))
         info["seconds"][name] = info["seconds"].get(name, 0.0) + time.perf_counter() - t0
 
     for seed in seeds:
-        t0 = time.perf_counter()
-        add("backbone alone (user prompt)", generate(pipe, users, seed=seed, steps=steps, guidance=cfg), t0)
+        if alone:
+            t0 = time.perf_counter()
+            add("backbone alone (user prompt)", generate(pipe, users, seed=seed, steps=steps, guidance=cfg), t0)
         t0 = time.perf_counter()
         _, oneshot = oneshot_rewrite(OneShotRule(style), users, steps)
         add("oneshot_rule", generate(pipe, oneshot, seed=seed, steps=steps, guidance=cfg), t0)
-        t0 = time.perf_counter()
-        rule = PreviewRule(style, count=count)
-        _, first = oneshot_rewrite(rule, users, steps)
-        images = generate(pipe, first, seed=seed, steps=steps, guidance=cfg, callback=_hook(rule, refine, preview, size))
-        add("preview_rule", images, t0)
-        info["refinements"] += len(rule.log)
-        info["changed"] += sum(bool(c.unseen) for c in rule.log)
+        first_step = parse_variant(variants[0])[0][0]
+        for spec in variants:
+            refine, count = parse_variant(spec)
+            label = variant_label(spec)
+            t0 = time.perf_counter()
+            rule = PreviewRule(style, count=count)
+            _, first = oneshot_rewrite(rule, users, steps)
+            images = generate(pipe, first, seed=seed, steps=steps, guidance=cfg, callback=_hook(rule, refine, preview, size))
+            add(label, images, t0)
+            info["refinements"][label] = info["refinements"].get(label, 0) + len(rule.log)
+            info["changed"][label] = info["changed"].get(label, 0) + sum(bool(c.unseen) for c in rule.log)
         if k:
             t0 = time.perf_counter()
             cands = {p: candidate_rewrites(p, k) for p in oneshot}
@@ -116,23 +132,24 @@ def run(backbone: str, users: list[str], seeds: list[int], refine: list[int], pr
             for j in range(k):
                 policy = _static(lambda obs, j=j, cands=cands: cands[obs.original_prompt][j], f"candidate-{j}")
                 imgs = generate(pipe, oneshot, seed=seed, steps=steps, guidance=cfg,
-                                callback=_hook(policy, refine[:1], preview, size))
+                                callback=_hook(policy, [first_step], preview, size))
                 per_k.append(_scores(imgs, users))
             best = [max(col, key=lambda s: s["mean"]) for col in zip(*per_k)]
-            rows.setdefault(f"hindsight best-of-{k}", []).extend(best)
-            info["seconds"][f"hindsight best-of-{k}"] = info["seconds"].get(f"hindsight best-of-{k}", 0) + time.perf_counter() - t0
+            name = f"hindsight best-of-{k} @{first_step}"
+            rows.setdefault(name, []).extend(best)
+            info["seconds"][name] = info["seconds"].get(name, 0) + time.perf_counter() - t0
+        multi = [i for i, p in enumerate(oneshot) if len(parse_prompt(p).mentions) > 1]
         for step in probe_add:
-            multi = [i for i, p in enumerate(oneshot) if len(parse_prompt(p).mentions) > 1]
-            full = [oneshot[i] for i in multi]
-            partial = [explicit_caption(explicit_shapes(parse_prompt(p))[:-1]) for p in full]
-            last_first = {q: explicit_caption([explicit_shapes(parse_prompt(p))[-1]] + explicit_shapes(parse_prompt(p))[:-1])
-                          for p, q in zip(full, partial)}
-            policy = _static(lambda obs, table=last_first: table[obs.original_prompt], "probe-add")
+            table = {}
+            for i in multi:
+                shapes = explicit_shapes(parse_prompt(oneshot[i]))
+                table[explicit_caption(shapes[:-1])] = explicit_caption([shapes[-1]] + shapes[:-1])
+            partial = [explicit_caption(explicit_shapes(parse_prompt(oneshot[i]))[:-1]) for i in multi]
+            policy = _static(lambda obs, table=table: table[obs.original_prompt], "probe-add")
             t0 = time.perf_counter()
             imgs = generate(pipe, partial, seed=seed, steps=steps, guidance=cfg,
                             callback=_hook(policy, [step], preview, size))
-            scored = _scores(imgs, [users[i] for i in multi])
-            rows.setdefault(f"probe: last shape added at step {step} (multi-shape)", []).extend(scored)
+            add(f"probe: last shape added @{step} (multi-shape prompts)", imgs, t0, [users[i] for i in multi])
         echo(f"  sampling seed {seed}: done")
     return rows, info
 
@@ -141,7 +158,7 @@ def _half(iv) -> float:
     return (iv.high - iv.low) / 2
 
 
-def table(rows: dict[str, list[dict]], refine: list[int], preview: str, size: int) -> str:
+def table(rows: dict[str, list[dict]], preview: str, size: int) -> str:
     from promptloop.evaluation import t_interval
 
     base = [s["mean"] for s in rows["oneshot_rule"]]
@@ -156,11 +173,8 @@ def table(rows: dict[str, list[dict]], refine: list[int], preview: str, size: in
             delta = f"{d.mean:+.3f} ± {_half(d):.3f}"
         count = sum(s["count"] for s in scores) / len(scores)
         fid = sum(s["fidelity"] for s in scores) / len(scores)
-        stepwise = name.startswith(("preview", "hindsight", "probe"))
-        where = ", ".join(map(str, refine if name == "preview_rule" else refine[:1])) if stepwise else "–"
-        if name.startswith("probe"):
-            where = name.split("step ")[1].split(" ")[0]
-        dec = f"{preview} {size} px" if stepwise else "–"
+        where = name.split("@")[1].split(" ")[0] if "@" in name else "–"
+        dec = f"{preview} {size} px" if "@" in name else "–"
         lines.append(f"| {name} | {mean.mean:.3f} ± {_half(mean):.3f} | {delta} | {count:.3f} | {fid:.3f} | {where} | {dec} |")
     return "\n".join(lines)
 
@@ -171,11 +185,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=128, help="prompts")
     p.add_argument("--prompts", choices=("heldout", "training"), default="heldout")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds")
-    p.add_argument("--refine", type=int, nargs="+", default=[4], help="refinement step(s) of preview_rule")
+    p.add_argument("--refine", nargs="+", default=["4"],
+                   help="preview_rule variants: '4' (refine at step 4), '2,6' (two refinements), '4c' (also state the "
+                        "count); the first is the main row and the hindsight step")
+    p.add_argument("--no-alone", action="store_true", help="skip the backbone-alone row")
     p.add_argument("--preview", choices=("vae", "linear"), default="vae")
     p.add_argument("--preview-size", type=int, default=64)
     p.add_argument("--k", type=int, default=6, help="hindsight candidates (0: no hindsight row)")
-    p.add_argument("--count", action="store_true", help="preview_rule also states the total")
     p.add_argument("--probe-add", type=int, nargs="*", default=[], help="diagnostic rows (steps)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=None, help="also write per-image scores (JSON)")
@@ -188,14 +204,14 @@ def main(argv: list[str] | None = None) -> None:
     users = ([q for _, q in heldout_prompts(args.n)] if args.prompts == "heldout" else training_prompts(args.n))
     start = time.perf_counter()
     rows, info = run(args.backbone, users, args.seeds, args.refine, args.preview, args.preview_size, args.k,
-                     args.count, args.probe_add)
+                     args.probe_add, alone=not args.no_alone)
     if args.out:
         args.out.write_text(json.dumps({"rows": rows, "info": info, "args": vars(args) | {"out": str(args.out)}}))
-    print(f"\n{args.backbone}, {args.n} {args.prompts} prompts x sampling seeds {args.seeds}, DDIM 20, CFG 4"
-          f"{', preview_rule states the count' if args.count else ''}:\n")
-    print(table(rows, args.refine, args.preview, args.preview_size))
-    print(f"\npreview_rule changed the prompt at {info['changed']} of {info['refinements']} refinements; "
-          f"{time.perf_counter() - start:.0f} s in all; per row: "
+    print(f"\n{args.backbone}, {args.n} {args.prompts} prompts x sampling seeds {args.seeds}, DDIM 20, CFG 4:\n")
+    print(table(rows, args.preview, args.preview_size))
+    print("\nprompt changed by preview_rule at: " + ", ".join(
+        f"{k} {info['changed'][k]} of {info['refinements'][k]} refinements" for k in info["changed"])
+          + f"; {time.perf_counter() - start:.0f} s in all; per row: "
           + ", ".join(f"{k} {v:.0f} s" for k, v in info["seconds"].items()))
 
 
