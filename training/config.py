@@ -353,6 +353,28 @@ def save_config(config: TrainConfig, path: str | os.PathLike) -> None:
     Path(path).write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
+def parse_flags(cls: type[T], argv: Sequence[str] | None = None, *, description: str | None = None) -> T:
+    """A config dataclass from command-line flags, for the scripts that train a world's assets:
+    each field ``name`` is the flag ``--name`` with dashes, typed by its annotation (``X | None``:
+    optional ``X``; ``bool``: a switch), required when it has no default; ``help`` and
+    ``choices`` come from the field's ``metadata``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        flag = "--" + f.name.replace("_", "-")
+        kind = next(t for t in _types(hints[f.name]) if t is not type(None))
+        extra = {k: f.metadata[k] for k in ("help", "choices") if k in f.metadata}
+        if kind is bool:
+            parser.add_argument(flag, action="store_true", **extra)
+        elif f.default is dataclasses.MISSING:
+            parser.add_argument(flag, type=kind, required=True, **extra)
+        else:
+            parser.add_argument(flag, type=kind, default=f.default, **extra)
+    return cls(**vars(parser.parse_args(argv)))
+
+
 def field_help(cls: type[TrainConfig]) -> str:
     """A compact list of the config fields with their defaults (for ``--help``)."""
     parts = []

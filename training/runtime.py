@@ -10,6 +10,11 @@ A checkpoint is a folder ``output_dir/checkpoint-{step}`` holding
 
 Restoring all of them, a run stopped after step k and resumed reaches the same parameters at
 step k + m, bit for bit, as an uninterrupted run (on the same hardware).
+
+Scripts that train whole models in one process (a world's backbones and policy, under
+``training/<world>/``) keep their state in one file instead: :class:`ResumableLoop` checkpoints a
+dict (models, optimiser, step, seconds) with :func:`save_file` every few minutes, at the end and
+when a time budget runs out, and resumes from it when the same command runs again.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ import logging
 import random
 import re
 import shutil
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -272,3 +279,112 @@ class Runtime:
             return
         for old in self.checkpoints()[:-limit]:
             shutil.rmtree(old, ignore_errors=True)
+
+
+# -- one-file checkpoints of single-process scripts --------------------------------------------
+def save_file(obj: Any, path: str | Path) -> None:
+    """``torch.save`` to ``path`` atomically (a temporary file renamed over it): an interrupted
+    write never leaves a broken checkpoint."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+class ResumableLoop:
+    """The step loop of a single-process training script, checkpointed to one file.
+
+    Iterating yields the step indices from where the checkpoint ``path`` left off (call
+    :meth:`resume` first) to ``total``, with a tqdm bar. After a step, every ``every_minutes``, at
+    the last step and when ``budget_minutes`` of this run have passed, it writes ``{**state(),
+    "step", "seconds"}`` (``seconds``: time spent in steps, over all runs) and calls ``on_save``
+    (e.g. an export); a run stopped by the budget sets :attr:`stopped_early`, and re-running
+    the same command continues.
+
+        loop = ResumableLoop(work / "policy.pt", 1500, state=lambda: {"model": model.state_dict()})
+        if (saved := loop.resume()) is not None:
+            model.load_state_dict(saved["model"])
+        for step in loop:
+            loop.report(loss=train_step(step))
+    """
+
+    def __init__(self, path: str | Path, total: int, *, state: Callable[[], dict[str, Any]], desc: str = "train",
+                 every_minutes: float = 4.0, budget_minutes: float | None = None,
+                 on_save: Callable[[], None] | None = None, loss_format: str = ".4f") -> None:
+        self.path, self.total, self.desc = Path(path), total, desc
+        self.state, self.on_save = state, on_save
+        self.every_minutes, self.budget_minutes = every_minutes, budget_minutes
+        self.loss_format = loss_format
+        self.step, self.seconds = 0, 0.0
+        self.stopped_early = False
+        self._shown: dict[str, str] = {}
+
+    def resume(self) -> dict[str, Any] | None:
+        """The saved state (``None`` when there is none), positioning the loop after its step."""
+        if not self.path.exists():
+            return None
+        saved = torch.load(self.path, weights_only=False)
+        self.step, self.seconds = int(saved["step"]), float(saved.get("seconds", 0.0))
+        return saved
+
+    def report(self, **values: float) -> None:
+        """Values shown on the progress bar after this step (e.g. ``loss``)."""
+        self._shown = {k: format(float(v), self.loss_format) for k, v in values.items()}
+
+    def save(self) -> None:
+        save_file({**self.state(), "step": self.step, "seconds": self.seconds}, self.path)
+        if self.on_save is not None:
+            self.on_save()
+
+    def __iter__(self) -> Iterator[int]:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=self.total, initial=self.step, desc=self.desc, dynamic_ncols=True)
+        started = last = time.time()
+        try:
+            while self.step < self.total:
+                t0 = time.time()
+                yield self.step
+                self.step += 1
+                self.seconds += time.time() - t0
+                bar.update(1)
+                if self._shown:
+                    bar.set_postfix(self._shown)
+                out_of_time = bool(self.budget_minutes) and time.time() - started > self.budget_minutes * 60
+                if time.time() - last > self.every_minutes * 60 or self.step == self.total or out_of_time:
+                    self.save()
+                    last = time.time()
+                if out_of_time:
+                    self.stopped_early = True
+                    tqdm.write(f"time budget reached at step {self.step}; re-run the same command to continue")
+                    return
+        finally:
+            bar.close()
+
+
+@dataclass(kw_only=True)
+class ScriptRun:
+    """What every single-process training script shares (flags through
+    :func:`~promptloop.training.config.parse_flags`): where it exports (``out``) and checkpoints
+    (``work``), its seed, how often it checkpoints, an optional time budget and CPU threads."""
+
+    out: Path = field(metadata={"help": "exported model folder (with training_info.json)"})
+    work: Path = field(metadata={"help": "checkpoints (resumed from here)"})
+    seed: int = 0
+    ckpt_minutes: float = 4.0
+    time_budget_minutes: float | None = field(default=None, metadata={"help": "stop (resumably) after this long"})
+    threads: int | None = field(default=None, metadata={"help": "torch CPU threads"})
+
+    def start(self) -> None:
+        """Set the CPU threads and create ``work`` and ``out``."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def loop(self, name: str, total: int, *, state: Callable[[], dict[str, Any]], desc: str,
+             on_save: Callable[[], None] | None = None, budget: bool = True) -> ResumableLoop:
+        """A :class:`ResumableLoop` checkpointed to ``work/name`` every ``ckpt_minutes`` (and
+        stopped after ``time_budget_minutes`` when ``budget``)."""
+        return ResumableLoop(self.work / name, total, state=state, desc=desc, every_minutes=self.ckpt_minutes,
+                             budget_minutes=self.time_budget_minutes if budget else None, on_save=on_save)

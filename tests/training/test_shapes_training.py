@@ -53,3 +53,15 @@ def test_vae_stages_record_reconstruction_and_resume(tmp_path):
     before = (tmp_path / "work" / "latents.pt").stat().st_mtime_ns
     train.main(args)
     assert (tmp_path / "work" / "latents.pt").stat().st_mtime_ns == before
+
+
+def test_unet_stage_resumes_from_its_checkpoint(tmp_path):
+    args = ["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"), "--vae-steps", "2", "--vae-batch", "2",
+            "--num-scenes", "4", "--recon-n", "4", "--batch", "2", "--threads", "1"]
+    train.main([*args, "--unet-steps", "1"])
+    first = torch.load(tmp_path / "work" / "unet.pt", weights_only=False)
+    train.main([*args, "--unet-steps", "2"])  # the same command with a larger budget goes on from step 1
+    second = torch.load(tmp_path / "work" / "unet.pt", weights_only=False)
+    assert (first["step"], second["step"]) == (1, 2) and second["seconds"] > first["seconds"]
+    info = json.loads((tmp_path / "out" / "training_info.json").read_text())
+    assert info["unet_steps"] == 2 and info["command"].startswith("python -m promptloop.training.shapes.backbone")
