@@ -97,7 +97,8 @@ def test_demo_runs_the_shipped_grpo_adapter_on_request(tmp_path):
     assert (meta["backbone"], meta["adapter"]) == ("backbone-d", "policy-grpo")
     assert len(meta["rewards"][0]["preview_rewards"]) == 2  # evenly:2 by default on ShapesWorld
     missing = CliRunner().invoke(app, ["demo", "--out", str(out), "--adapter", str(tmp_path / "nope")])
-    assert missing.exit_code != 0 and "no LoRA adapter" in str(missing.exception)
+    assert missing.exit_code != 0 and "no ShapesWorld adapter" in str(missing.exception)
+    assert "the shipped ones are policy-grpo" in str(missing.exception)
 
 
 def test_demo_writes_a_trace_with_rewards(tmp_path):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-import promptloop.worlds as worlds
+from promptloop import worlds
 from promptloop.cli import app
 from promptloop.prompts import load_prompts
 from promptloop.validation import ConfigError, check_model, check_prompts

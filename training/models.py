@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from promptloop.prompts import load_prompts
-from promptloop.specs import load_backbone, policy_base_path
+from promptloop.specs import load_backbone, policy_adapter_path, policy_base_path
 from promptloop.training.grpo.config import GRPOConfig
 
 __all__ = ["load_backbone", "load_policy_model", "load_prompts", "policy_base_path"]
@@ -28,7 +28,7 @@ def load_policy_model(config: GRPOConfig, device: torch.device | str = "cpu") ->
     model = AutoModelForImageTextToText.from_pretrained(base, dtype=dtype)
     processor = AutoProcessor.from_pretrained(base)
     if config.init_adapter:
-        model = PeftModel.from_pretrained(model, config.init_adapter, is_trainable=True)
+        model = PeftModel.from_pretrained(model, policy_adapter_path(config.init_adapter), is_trainable=True)
     else:
         lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
                           target_modules=list(config.lora_target_modules), bias="none")

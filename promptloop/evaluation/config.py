@@ -9,9 +9,8 @@
       num_inference_steps: 20
       guidance_scale: 4.0
     rows:                          # EvalRow fields; a list, or a mapping name -> fields
-      - {name: backbone, backbone: promptloop/assets/shapesworld/backbone-a}
-      - {name: loop, backbone: promptloop/assets/shapesworld/backbone-a,
-         policy: promptloop/assets/shapesworld/policy-sft, schedule: "evenly:2"}
+      - {name: backbone, backbone: "shapes:backbone-a"}      # a world's shipped asset, or a folder
+      - {name: loop, backbone: "shapes:backbone-a", policy: "shapes:policy-sft", schedule: "evenly:2"}
 """
 
 from __future__ import annotations

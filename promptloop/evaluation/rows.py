@@ -62,7 +62,7 @@ def standard_rows(
     """The standard comparison, for the inputs given: ``backbone`` (alone), ``backbone+policy``,
     ``tuned`` (backbone + its LoRA) and ``tuned+policy``."""
     rows = [EvalRow("backbone", backbone)]
-    steered = dict(policy=policy, policy_adapter=policy_adapter, schedule=schedule, mode=mode)
+    steered = {"policy": policy, "policy_adapter": policy_adapter, "schedule": schedule, "mode": mode}
     if policy:
         rows.append(EvalRow("backbone+policy", backbone, **steered))
     elif policy_adapter:

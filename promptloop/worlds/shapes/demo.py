@@ -16,9 +16,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from promptloop.worlds.shapes.backbone import ASSETS, DEFAULT_GUIDANCE, DEFAULT_STEPS, load_backbone
-from promptloop.worlds.shapes.evaluation import STEPWISE_SCHEDULE
+from promptloop.worlds.shapes.backbone import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_backbone
 from promptloop.worlds.shapes.reward import ATTRIBUTES, score_image
+from promptloop.worlds.shapes.world import WORLD
 
 #: The demo's prompts: what a user would type; the policy restates them explicitly.
 DEMO_PROMPTS: tuple[str, ...] = (
@@ -27,33 +27,26 @@ DEMO_PROMPTS: tuple[str, ...] = (
     "three shapes: one purple circle, one blue triangle and one red square",
     "a green circle at the top left and a red triangle at the bottom right",
 )
-POLICY = "policy-sft"
+POLICY = WORLD.default_policy
 #: The shipped GRPO-trained LoRA of the policy start (the alignment experiment's step-wise policy,
 #: seed 0, trained on backbone C). It beats backbone C alone but not the SFT start, so the demo
 #: runs the SFT start by default (``adapter=None``); pass ``adapter=ADAPTER`` to see it.
 ADAPTER = "policy-grpo"
 #: The backbone the demo steers by default: trained on descriptive captions, so users' short
 #: prompts are where it is weak and the policy's explicit restatements help (docs/shapesworld.md).
-BACKBONE = "backbone-c"
-SCHEDULE = STEPWISE_SCHEDULE
+BACKBONE = WORLD.default_backbone
+SCHEDULE = WORLD.schedule
 PREVIEW_SIZE = 112
 
 
 def policy_path(name: str = POLICY) -> Path:
-    path = ASSETS / name if (ASSETS / name / "config.json").exists() else Path(name)
-    if not (path / "config.json").exists():
-        raise FileNotFoundError(f"no ShapesWorld policy at {path} (train one with "
-                                "`python -m promptloop.training.shapes.policy`)")
-    return path
+    """Folder of the shipped policy start (``policy-sft``) or a path given as is."""
+    return WORLD.policy_path(name)
 
 
 def adapter_path(name: str) -> Path:
     """Folder of a shipped policy adapter (e.g. ``policy-grpo``) or a path given as is."""
-    path = ASSETS / name if (ASSETS / name / "adapter_config.json").exists() else Path(name)
-    if not (path / "adapter_config.json").exists():
-        raise FileNotFoundError(f"no LoRA adapter at {path} (train one with `promptloop experiment shapes` "
-                                "and ship it with `python -m promptloop.training.shapes.ship_policy`)")
-    return path
+    return WORLD.adapter_path(name)
 
 
 def _fmt(scores: dict) -> str:
