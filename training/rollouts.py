@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from PIL import Image
@@ -69,6 +69,41 @@ class RolloutBatch:
     def penalised_rewards(self, penalty: float) -> list[float]:
         """Rewards minus ``penalty`` for each fallback refinement of the trajectory."""
         return [r - penalty * f for r, f in zip(self.rewards, self.fallbacks)]
+
+
+def concat_groups(parts: Sequence[tuple[RolloutBatch, Sequence[int]]], num_generations: int) -> RolloutBatch:
+    """The listed groups (prompt indices) of each batch, in order, as one batch: trajectories,
+    actions and trace entries renumbered, timings added up (dynamic sampling's kept groups)."""
+    prompts, images, entries, actions, rewards, fallbacks = [], [], [], [], [], []
+    terms: dict[str, list[float]] = {}
+    timings: dict[str, float] = {}
+    sample_steps: list[list[int]] = []
+    for batch, groups in parts:
+        for key, value in batch.timings.items():
+            timings[key] = timings.get(key, 0.0) + value
+        for g in groups:
+            first = len(prompts) // num_generations  # the group's index in the result
+            old = range(g * num_generations, (g + 1) * num_generations)
+            where = {j: first * num_generations + k for k, j in enumerate(old)}
+            prompts += [batch.prompts[j] for j in old]
+            images += [batch.images[j] for j in old]
+            rewards += [batch.rewards[j] for j in old]
+            fallbacks += [batch.fallbacks[j] for j in old]
+            for name, values in batch.reward_terms.items():
+                terms.setdefault(name, []).extend(values[j] for j in old)
+            steps = batch.trace.meta.get("sample_steps")
+            if steps is not None:
+                sample_steps += [list(steps[j]) for j in old]
+            entries += [replace(e, sample_index=where[e.sample_index]) for e in batch.trace.entries
+                        if e.sample_index in where]
+            actions += [replace(a, trajectory=where[a.trajectory], group=first) for a in batch.actions
+                        if a.trajectory in where]
+    meta = dict(parts[0][0].trace.meta) if parts else {}
+    meta.pop("sample_steps", None)
+    if sample_steps:
+        meta["sample_steps"] = sample_steps
+    trace = Trace(original_prompts=list(prompts), entries=entries, meta=meta)
+    return RolloutBatch(prompts, images, trace, actions, terms, rewards, fallbacks, timings)
 
 
 def actions_from_trace(trace: Trace, num_generations: int) -> list[ActionRecord]:

@@ -58,7 +58,9 @@ class GRPOConfig(PreviewSettings, TrainConfig):
     #: Upper clip range (``ratio <= 1 + epsilon_high``); ``None`` uses ``epsilon`` (DAPO uses 0.28).
     epsilon_high: float | None = None
     #: ``grpo`` (mean per sequence), ``dr_grpo`` (sum / (sequences x max_completion_length)),
-    #: ``dapo`` (sum / active tokens of the batch).
+    #: ``dapo`` (sum / active tokens of the batch), or ``raft``: rejection-sampling fine-tuning
+    #: (each group's best rollout, if it beats the others by more than ``reward_tol``, becomes a
+    #: supervised target: mean token NLL; no advantages, no ratio).
     loss_type: str = "dapo"
     #: Divide advantages by the reward std: ``"group"`` (or true), ``"batch"``, ``"none"`` (or false).
     scale_rewards: str | bool = "group"
@@ -74,6 +76,27 @@ class GRPOConfig(PreviewSettings, TrainConfig):
     rollout_backend: str = "transformers"
     #: Sampling temperature at evaluation (0 = greedy).
     eval_temperature: float = 0.0
+    # -- RL levers (docs/training.md, "Levers") ------------------------------------------------
+    #: Rewards closer than this count as equal: a group whose reward std is below it has no
+    #: spread (dynamic sampling), a best rollout must beat the others by more (``raft``).
+    reward_tol: float = 1e-6
+    #: DAPO's dynamic sampling: drop groups whose rewards are all equal and roll out fresh prompts
+    #: in their place until the step holds ``per_device_prompts`` groups with a spread.
+    dynamic_sampling: bool = False
+    #: Extra rollout rounds per step that dynamic sampling may spend (verl: ``max_num_gen_batches``
+    #: counts the first one too); 0 only filters.
+    max_resample_batches: int = 3
+    #: Share of each step's prompts drawn from the replay buffer of prompts the policy got wrong.
+    replay_fraction: float = 0.0
+    #: A prompt whose group mean reward is below this enters the replay buffer (and leaves it
+    #: once a replayed group reaches it).
+    replay_threshold: float = 0.5
+    #: Most prompts the replay buffer holds (the oldest leave first).
+    replay_buffer_size: int = 64
+    #: ``trajectory``: every refinement gets its trajectory's advantage. ``refinement``: each
+    #: group explores one refinement (sampled at ``temperature``; the others greedy, same noise
+    #: and steps), and only that refinement's action is trained.
+    credit: str = "trajectory"
     #: Registry rewards scored at evaluation only, never trained on (held-out metrics that show
     #: reward hacking, e.g. ``shapes_fidelity``); logged as ``eval/metric/<name>``.
     eval_metrics: list[str] = field(default_factory=list)
@@ -82,11 +105,19 @@ class GRPOConfig(PreviewSettings, TrainConfig):
         "eval_num_prompts": ">= 1", "per_device_prompts": ">= 1", "num_generations": ">= 2", "beta": ">= 0",
         "epsilon": "> 0", "epsilon_high": "> 0", "num_iterations": ">= 1", "max_completion_length": ">= 1",
         "temperature": "> 0", "top_p": "(0, 1]", "fallback_penalty": ">= 0", "eval_temperature": ">= 0",
+        "reward_tol": ">= 0", "max_resample_batches": ">= 0", "replay_fraction": "[0, 1]",
+        "replay_threshold": None, "replay_buffer_size": ">= 1",
     }
 
     def check_values(self) -> None:
         super().check_values()
-        check_choice("loss_type", self.loss_type, ("grpo", "dr_grpo", "dapo"))
+        check_choice("loss_type", self.loss_type, ("grpo", "dr_grpo", "dapo", "raft"))
+        check_choice("credit", self.credit, ("trajectory", "refinement"))
+        if self.credit == "refinement":
+            if not self.share_noise:
+                raise ConfigError("credit", self.credit, "needs share_noise: true (a group shares noise and steps)")
+            if self.mode != "sync" or self.schedule.strip().lower() == "oneshot":
+                raise ConfigError("credit", self.credit, "needs mode: sync and a step-wise schedule")
         check_choice("rollout_backend", self.rollout_backend, ("transformers", "vllm"))
         check_choice("mode", self.mode, ("sync", "async", "ahead"))
         check_schedule("schedule", self.schedule, refine=True)

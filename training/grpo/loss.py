@@ -12,6 +12,10 @@
 
 Micro-batches: pass the whole batch's ``num_sequences`` / ``num_tokens``; the micro-batch losses
 then add up to the full-batch loss, so gradient accumulation is exact.
+
+Rejection-sampling fine-tuning (``loss_type: raft``, RAFT / ReST): :func:`best_of_group` picks
+each group's best rollout (if it beats the group's others by more than a tolerance) and
+:func:`raft_loss` is the mean token NLL of its actions (+ ``beta`` x k3 KL).
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from dataclasses import dataclass
 import torch
 
 LOSS_TYPES = ("grpo", "dr_grpo", "dapo")
+#: Objectives that are not a policy gradient.
+SUPERVISED_LOSS_TYPES = ("raft",)
 
 
 def group_advantages(rewards: torch.Tensor, num_generations: int, scale_rewards: str = "group",
@@ -75,7 +81,7 @@ def grpo_loss(
     loss_type: str = "dapo",
     max_completion_length: int | None = None,
     num_sequences: int | None = None,
-    num_tokens: int | float | None = None,
+    num_tokens: float | None = None,
 ) -> tuple[torch.Tensor, LossStats]:
     """Clipped token-level policy-gradient loss (+ ``beta`` x k3 KL).
 
@@ -125,4 +131,46 @@ def grpo_loss(
             clip_ratio=float((low_clip + high_clip).sum() / active),
             ratio_mean=float((ratio * mask).sum() / active),
         )
+    return loss, stats
+
+
+def best_of_group(rewards: torch.Tensor, num_generations: int, tol: float = 0.0) -> list[int]:
+    """Indices (into ``rewards``) of each group's best rollout, for the groups whose best reward
+    exceeds every other member's by more than ``tol`` (a tie has no best)."""
+    grouped = rewards.float().view(-1, num_generations)
+    best = []
+    for g, row in enumerate(grouped):
+        top = int(torch.argmax(row))
+        others = torch.cat([row[:top], row[top + 1:]])
+        if float(row[top] - others.max()) > tol:
+            best.append(g * num_generations + top)
+    return best
+
+
+def raft_loss(
+    logps: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    ref_logps: torch.Tensor | None = None,
+    beta: float = 0.0,
+    num_tokens: float | None = None,
+) -> tuple[torch.Tensor, LossStats]:
+    """Mean token NLL of supervised targets (+ ``beta`` x k3 KL): ``-sum(logp * mask) / tokens``,
+    ``tokens`` the whole batch's target tokens (``num_tokens``, for micro-batches) or ``mask``'s."""
+    mask = mask.to(logps.dtype)
+    per_token = -logps
+    kl = None
+    if beta != 0.0:
+        if ref_logps is None:
+            raise ValueError("beta != 0 needs ref_logps")
+        kl = k3_kl(logps, ref_logps)
+        per_token = per_token + beta * kl
+    tokens = num_tokens if num_tokens is not None else mask.sum().clamp(min=1.0)
+    loss = (per_token * mask).sum() / tokens
+    with torch.no_grad():
+        active = mask.sum().clamp(min=1.0)
+        if ref_logps is not None and kl is None:
+            kl = k3_kl(logps, ref_logps)
+        stats = LossStats(kl=float((kl * mask).sum() / active) if kl is not None else 0.0,
+                          clip_ratio_low=0.0, clip_ratio_high=0.0, clip_ratio=0.0, ratio_mean=1.0)
     return loss, stats
