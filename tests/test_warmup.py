@@ -14,7 +14,6 @@ from promptloop.testing.policy import build_tiny_qwen2vl
 from promptloop.testing.warmup import (
     END_TOKEN,
     STYLE_WORDS,
-    answer_loss,
     build_batch,
     loop_observation,
     next_style_word,
@@ -24,6 +23,7 @@ from promptloop.testing.warmup import (
     warm_start,
     warm_target,
 )
+from promptloop.training.sft import answer_loss
 
 
 def _loop_observations(refinements=(0, 1, 2), seed: int = 123) -> list[Observation]:

@@ -10,24 +10,19 @@ import os
 import threading
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from promptloop.policies.adapters import check_adapter_dir
-from promptloop.policies.base import GenerativePolicy, Generation, SamplingConfig
+from promptloop.policies.base import Generation, GenerativePolicy, SamplingConfig
 from promptloop.policies.messages import Message
-
-
-@dataclass
-class ScoredCompletions:
-    """:meth:`TransformersPolicy.score` output: ``(batch, max completion length)`` tensors,
-    right-padded; ``mask`` is 1 on completion tokens."""
-
-    logprobs: torch.Tensor
-    entropies: torch.Tensor | None
-    mask: torch.Tensor
+from promptloop.policies.scoring import (
+    ScoredCompletions,
+    completion_inputs,
+    completion_logprobs,
+    encode_conversations,
+)
 
 
 class TransformersPolicy(GenerativePolicy):
@@ -159,11 +154,7 @@ class TransformersPolicy(GenerativePolicy):
         """Model inputs for ``conversations`` (chat template with the generation prompt, images
         prepared by :meth:`prepare`, left padding), on the CPU. Generation and :meth:`score` both
         use this, so the tokens a completion was sampled after are the tokens it is scored after."""
-        prepared = [self.prepare(c) for c in conversations]
-        texts = [self.processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c, _ in prepared]
-        images = [image for _, conv_images in prepared for image in conv_images]
-        self.tokenizer.padding_side = "left"
-        return self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        return encode_conversations(self.processor, conversations, prepare=self.prepare)
 
     @property
     def logprob_temperature(self) -> float:
@@ -186,48 +177,22 @@ class TransformersPolicy(GenerativePolicy):
         so the log-probs of sampled tokens equal those :meth:`generate` recorded. ``model``
         replaces :attr:`model` for the forward pass (e.g. a DDP-wrapped copy of it).
         """
-        if len(conversations) != len(completions):
-            raise ValueError(f"{len(conversations)} conversations but {len(completions)} completions")
-        inputs = self.encode_conversations(conversations).to(self.device)
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        length = max((len(c) for c in completions), default=0)
-        if length == 0:
-            empty = torch.zeros(len(completions), 0, device=self.device)
-            return ScoredCompletions(empty, empty.clone() if entropies else None, empty.clone())
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        comp = torch.full((len(completions), length), pad, dtype=ids.dtype, device=ids.device)
-        comp_mask = torch.zeros_like(comp, dtype=mask.dtype)
-        for row, tokens in enumerate(completions):
-            comp[row, :len(tokens)] = torch.as_tensor(list(tokens), dtype=ids.dtype)
-            comp_mask[row, :len(tokens)] = 1
-        model_inputs = dict(inputs)
-        model_inputs["input_ids"] = torch.cat([ids, comp], dim=1)
-        model_inputs["attention_mask"] = torch.cat([mask, comp_mask], dim=1)
-        for key in ("mm_token_type_ids", "token_type_ids"):  # per-token types: completions are text (0)
-            value = model_inputs.get(key)
-            if isinstance(value, torch.Tensor) and value.shape == ids.shape:
-                model_inputs[key] = torch.cat([value, torch.zeros_like(comp, dtype=value.dtype)], dim=1)
-        output = (model or self.model)(**model_inputs, use_cache=False, logits_to_keep=length + 1)
-        logits = output.logits[:, -(length + 1):-1].float() / (temperature or self.logprob_temperature)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        token_logprobs = log_probs.gather(-1, comp[..., None]).squeeze(-1)
-        entropy = None
-        if entropies:
-            with torch.no_grad():
-                entropy = -(log_probs.exp() * log_probs).sum(-1)
-        return ScoredCompletions(token_logprobs, entropy, comp_mask.to(token_logprobs.dtype))
+        inputs, spans = completion_inputs(self.processor, conversations, completions, prepare=self.prepare)
+        inputs = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+        return completion_logprobs(model or self.model, inputs, spans, entropies=entropies,
+                                   temperature=temperature or self.logprob_temperature)
 
     @torch.inference_mode()
     def _generate_batch(self, conversations: list[list[Message]], s: SamplingConfig) -> list[Generation]:
         inputs = self.encode_conversations(conversations)
         self.check_input_tokens(inputs["attention_mask"].sum(dim=1).tolist(), s)
         inputs = inputs.to(self.device)
-        gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=s.max_new_tokens,
-            return_dict_in_generate=True,
-            output_logits=s.return_logprobs,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
+        gen_kwargs: dict[str, Any] = {
+            "max_new_tokens": s.max_new_tokens,
+            "return_dict_in_generate": True,
+            "output_logits": s.return_logprobs,
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
         if s.greedy:
             gen_kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:

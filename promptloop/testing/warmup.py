@@ -15,22 +15,25 @@ Training examples mimic what the loop shows the policy: an original prompt from
 by earlier refinements (mostly in the warm policy's own order, sometimes one random phrase), its
 history, a step, and a small solid or gradient preview (or none).
 
-The system prompt is the same in every conversation, so each step runs it once and shares its
-keys and values across the batch (:func:`answer_loss`): a step costs about 40 % less.
+The loss is the mean negative log-prob of the answer tokens from the library's one teacher-forced
+path (:func:`~promptloop.policies.scoring.completion_logprobs`, which ``TransformersPolicy.score``
+and :mod:`promptloop.training.sft` use too). The system prompt is the same in every conversation,
+so each step runs it once and shares its keys and values across the batch: a step costs about
+40 % less.
 """
 
 from __future__ import annotations
 
 import random
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 from PIL import Image
 
-from promptloop.policies.messages import build_messages, prepare_conversation
+from promptloop.policies.messages import build_messages
+from promptloop.policies.scoring import Spans, completion_inputs, completion_logprobs
 from promptloop.refinement import Observation
 
 from .prompts import TINY_PROMPTS
@@ -117,161 +120,12 @@ def random_observation(rng: random.Random, *, preview: bool | None = None) -> Ob
     return Observation(original, f"{original}, {word}", step, num_steps, preview=image, history=[original])
 
 
-Spans = list[tuple[int, int]]
-
-
 def build_batch(processor: Any, observations: list[Observation]) -> tuple[dict[str, torch.Tensor], Spans]:
-    """Tokenize ``observations`` followed by their target answers (:func:`warm_target`) and the
-    end token, as :func:`build_answer_batch` does."""
-    return build_answer_batch(processor, [build_messages(obs) for obs in observations],
-                              [warm_target(obs) for obs in observations])
-
-
-def build_answer_batch(processor: Any, conversations: list[list[dict[str, Any]]],
-                       answers: list[str]) -> tuple[dict[str, torch.Tensor], Spans]:
-    """Tokenize chat ``conversations`` followed by their ``answers`` and the end token.
-
-    Conversations go through the chat template and the processor exactly as
-    :class:`~promptloop.policies.transformers.TransformersPolicy` sends them (images prepared by
-    :func:`~promptloop.policies.messages.prepare_conversation` with the default bounds), but
-    right-padded. Returns the model inputs and, per row, ``(start, length)``
-    of the answer tokens (end token included): the only tokens the loss is taken on.
-    """
+    """Model inputs for ``observations`` (the loop's chat messages) each followed by its target
+    answer (:func:`warm_target`) and the end token, right-padded, and the answer spans."""
     tokenizer = processor.tokenizer
-    prepared = [prepare_conversation(c) for c in conversations]
-    prompts = [
-        processor.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c, _ in prepared
-    ]
-    answers = [answer + END_TOKEN for answer in answers]
-    images = [image for _, conv_images in prepared for image in conv_images]
-    old_side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        texts = [p + a for p, a in zip(prompts, answers)]
-        inputs = processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-    finally:
-        tokenizer.padding_side = old_side
-    spans = []
-    for row, (answer, length) in enumerate(zip(answers, inputs["attention_mask"].sum(dim=1).tolist())):
-        answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        start = length - len(answer_ids)
-        if inputs["input_ids"][row, start:length].tolist() != answer_ids:
-            raise ValueError(f"the answer {answer!r} tokenizes differently after the prompt")
-        spans.append((start, len(answer_ids)))
-    return dict(inputs), spans
-
-
-def _positions(model: Any, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Qwen2-VL's 3-D rope positions ``(3, batch, length)`` for right-padded inputs: text tokens
-    count up by one; an image's tokens take (0, row, column) offsets on its merged patch grid,
-    and the text after it resumes at the image's start plus its larger side."""
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    image_token = model.config.image_token_id
-    merge = model.config.vision_config.spatial_merge_size
-    grids = iter(inputs["image_grid_thw"].tolist()) if inputs.get("image_grid_thw") is not None else iter(())
-    positions = torch.zeros(3, *ids.shape, dtype=torch.long)
-    for row in range(ids.shape[0]):
-        length = int(mask[row].sum())
-        is_image = (ids[row, :length] == image_token).tolist()
-        pos, i = 0, 0
-        while i < length:
-            j = i
-            while j < length and is_image[j] == is_image[i]:
-                j += 1
-            if not is_image[i]:  # a run of text tokens
-                positions[:, row, i:j] = torch.arange(pos, pos + j - i)
-                pos, i = pos + j - i, j
-                continue
-            t, h, w = next(grids)  # the next image, in order; it takes the first t*h*w tokens of the run
-            h, w = h // merge, w // merge
-            n = t * h * w
-            positions[0, row, i:i + n] = pos + torch.arange(t).repeat_interleave(h * w)
-            positions[1, row, i:i + n] = pos + torch.arange(h).repeat_interleave(w).repeat(t)
-            positions[2, row, i:i + n] = pos + torch.arange(w).repeat(t * h)
-            pos, i = pos + max(t, h, w), i + n
-    return positions.to(ids.device)
-
-
-def _answer_logits(model: Any, hidden: torch.Tensor, spans: Spans, offset: int = 0) -> torch.Tensor:
-    """Logits that predict each answer token: at the position before it (``hidden`` may start
-    at ``offset``). Shape ``(total answer tokens, vocab)``."""
-    rows = torch.cat([torch.full((n,), r, dtype=torch.long) for r, (_, n) in enumerate(spans)])
-    cols = torch.cat([torch.arange(s - 1, s - 1 + n) for s, n in spans]) - offset
-    return model.lm_head(hidden[rows.to(hidden.device), cols.to(hidden.device)])
-
-
-def _answer_targets(inputs: dict[str, torch.Tensor], spans: Spans) -> torch.Tensor:
-    return torch.cat([inputs["input_ids"][r, s:s + n] for r, (s, n) in enumerate(spans)])
-
-
-def _shared_prefix_hidden(
-    model: Any, inputs: dict[str, torch.Tensor], limit: int
-) -> tuple[torch.Tensor, int]:
-    """Last hidden states from the end of the tokens common to all rows (at most ``limit`` of
-    them), which are run once with batch size 1; returns them and where they start."""
-    from transformers import DynamicCache
-
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
-    batch = ids.shape[0]
-    same = (ids == ids[:1]).all(dim=0) & mask.bool().all(dim=0)
-    prefix = int(same.long().cumprod(0).sum()) if batch > 1 else 0
-    prefix = min(prefix, limit, int(mask.sum(dim=1).min()) - 1)
-    if prefix < 1 or (ids[0, :prefix] == model.config.image_token_id).any():
-        return model.model(**inputs, use_cache=False).last_hidden_state, 0
-    positions = _positions(model, inputs)
-    language_model = model.model.language_model
-    embed = model.get_input_embeddings()
-    head = language_model(
-        inputs_embeds=embed(ids[:1, :prefix]),
-        position_ids=positions[:, :1, :prefix],
-        attention_mask=mask[:1, :prefix],
-        use_cache=True,
-    ).past_key_values
-    cache = DynamicCache()
-    for layer, cached in enumerate(head.layers):
-        cache.update(
-            cached.keys.expand(batch, *cached.keys.shape[1:]),
-            cached.values.expand(batch, *cached.values.shape[1:]),
-            layer,
-        )
-    extra = {k: inputs[k] for k in ("pixel_values", "image_grid_thw") if inputs.get(k) is not None}
-    tail = model.model(
-        input_ids=ids[:, prefix:],
-        attention_mask=mask,
-        position_ids=positions[:, :, prefix:],
-        past_key_values=cache,
-        use_cache=True,
-        **extra,
-    ).last_hidden_state
-    return tail, prefix
-
-
-_warned = False
-
-
-def answer_loss(
-    model: Any, inputs: dict[str, torch.Tensor], spans: Spans, *, share_prefix: bool = True
-) -> torch.Tensor:
-    """Mean next-token cross-entropy over the answer tokens of a :func:`build_batch` batch.
-
-    With ``share_prefix`` the tokens common to all rows (the system prompt) are run once and their
-    keys and values shared; the loss is the same as a plain forward's, at about half the cost. If
-    this transformers version does not take it, falls back to the plain forward (with a warning).
-    """
-    global _warned
-    offset = 0
-    hidden = None
-    if share_prefix:
-        try:
-            hidden, offset = _shared_prefix_hidden(model, inputs, min(start for start, _ in spans) - 1)
-        except (AttributeError, TypeError, ValueError, RuntimeError) as exc:  # another transformers' API
-            if not _warned:
-                warnings.warn(f"warm_start: sharing the prompt prefix failed ({exc!r}); using plain forwards")
-                _warned = True
-    if hidden is None:
-        hidden = model.model(**inputs, use_cache=False).last_hidden_state
-    logits = _answer_logits(model, hidden, spans, offset)
-    return torch.nn.functional.cross_entropy(logits.float(), _answer_targets(inputs, spans).to(logits.device))
+    answers = [tokenizer(warm_target(obs) + END_TOKEN, add_special_tokens=False)["input_ids"] for obs in observations]
+    return completion_inputs(processor, [build_messages(obs) for obs in observations], answers, padding_side="right")
 
 
 def warm_start(
@@ -311,7 +165,7 @@ def warm_start(
         for i in range(steps):
             inputs, spans = build_batch(processor, [random_observation(rng) for _ in range(batch_size)])
             inputs = {k: v.to(device) for k, v in inputs.items()}
-            loss = answer_loss(model, inputs, spans)
+            loss = -completion_logprobs(model, inputs, spans, share_prefix=True).mean_logprob()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
