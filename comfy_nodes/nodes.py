@@ -135,7 +135,15 @@ def _comfy_device(choice: str) -> str | None:
 
 
 # -- policies ---------------------------------------------------------------------------------
-class PromptLoopLoadPolicy:
+class _PolicyNode:
+    """What the three policy nodes share: one POLICY output, for the PromptLoop Sampler."""
+
+    RETURN_TYPES = (POLICY,)
+    RETURN_NAMES = ("policy",)
+    CATEGORY = CATEGORY
+
+
+class PromptLoopLoadPolicy(_PolicyNode):
     """Load a local policy model (a vision-language model that rewrites prompts)."""
 
     @classmethod
@@ -176,11 +184,8 @@ class PromptLoopLoadPolicy:
             }
         }
 
-    RETURN_TYPES = (POLICY,)
-    RETURN_NAMES = ("policy",)
     OUTPUT_TOOLTIPS = ("The loaded policy, for the PromptLoop Sampler.",)
     FUNCTION = "load"
-    CATEGORY = CATEGORY
     DESCRIPTION = "Loads a prompt-refinement policy (e.g. Qwen2.5-VL with a PromptLoop LoRA) to run inside ComfyUI."
 
     def load(self, policy, backend, adapter, device, dtype, max_new_tokens, temperature):
@@ -206,7 +211,7 @@ class PromptLoopLoadPolicy:
         return (loaded,)
 
 
-class PromptLoopRemotePolicy:
+class PromptLoopRemotePolicy(_PolicyNode):
     """Use a policy served elsewhere: a PromptLoop sidecar, or any OpenAI-compatible endpoint."""
 
     @classmethod
@@ -236,11 +241,8 @@ class PromptLoopRemotePolicy:
             },
         }
 
-    RETURN_TYPES = (POLICY,)
-    RETURN_NAMES = ("policy",)
     OUTPUT_TOOLTIPS = ("A client for the remote policy, for the PromptLoop Sampler.",)
     FUNCTION = "connect"
-    CATEGORY = CATEGORY
     DESCRIPTION = "Connects to a remote PromptLoop sidecar or OpenAI-compatible server that refines prompts."
 
     def connect(self, url, protocol, api_key, timeout_s, model=""):
@@ -294,7 +296,7 @@ class _Defaults(dict):
         return "{" + key + "}"
 
 
-class PromptLoopScriptedPolicy:
+class PromptLoopScriptedPolicy(_PolicyNode):
     """A policy without a model: prompt edits written by hand, applied at the refine steps."""
 
     @classmethod
@@ -311,11 +313,8 @@ class PromptLoopScriptedPolicy:
             }
         }
 
-    RETURN_TYPES = (POLICY,)
-    RETURN_NAMES = ("policy",)
     OUTPUT_TOOLTIPS = ("A scripted policy, for the PromptLoop Sampler.",)
     FUNCTION = "build"
-    CATEGORY = CATEGORY
     DESCRIPTION = ("A model-free policy for ablations and prompt schedules: rewrites the prompt from a template "
                    "at each refinement step.")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 
 import torch
@@ -85,3 +86,13 @@ def make_suffix_policy(suffix: str = ", oil painting") -> StaticPolicy:
 
 def make_raising_policy() -> RaisingPolicy:
     return RaisingPolicy()
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Terminate a server the test started; kill it if it has not exited after ``timeout`` s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -10,6 +10,19 @@ from promptloop.backbones.base import BackboneAdapter, EncodedPrompts
 from promptloop.preview import unpack_flux_latents
 
 
+def _clip_encode_kwargs(adapter: BackboneAdapter, pipe: Any) -> dict[str, Any]:
+    """What the CLIP-conditioned families' ``encode_prompt`` (SD, SDXL, SD3) gets besides the texts:
+    the pipeline's device, LoRA scale and CLIP skip; one image per prompt and no negative branch
+    (only the positive rows are swapped)."""
+    return {
+        "device": adapter.device(pipe),
+        "num_images_per_prompt": 1,
+        "do_classifier_free_guidance": False,
+        "lora_scale": adapter.lora_scale(pipe),
+        "clip_skip": getattr(pipe, "_clip_skip", None),
+    }
+
+
 class StableDiffusionAdapter(BackboneAdapter):
     """``StableDiffusionPipeline`` and its relatives (img2img, inpaint): one CLIP encoder."""
 
@@ -18,14 +31,7 @@ class StableDiffusionAdapter(BackboneAdapter):
     notes = "Swaps prompt_embeds (positive rows; negative rows kept under CFG)."
 
     def encode(self, pipe: Any, texts: list[str], reference: dict[str, torch.Tensor]) -> EncodedPrompts:
-        embeds, _ = pipe.encode_prompt(
-            texts,
-            self.device(pipe),
-            1,
-            False,
-            lora_scale=self.lora_scale(pipe),
-            clip_skip=getattr(pipe, "_clip_skip", None),
-        )
+        embeds, _ = pipe.encode_prompt(texts, **_clip_encode_kwargs(self, pipe))
         return EncodedPrompts(embeds)
 
 
@@ -38,15 +44,7 @@ class StableDiffusionXLAdapter(BackboneAdapter):
     notes = "Swaps prompt_embeds and add_text_embeds (pooled); the refined text feeds both encoders."
 
     def encode(self, pipe: Any, texts: list[str], reference: dict[str, torch.Tensor]) -> EncodedPrompts:
-        embeds, _, pooled, _ = pipe.encode_prompt(
-            prompt=texts,
-            prompt_2=None,
-            device=self.device(pipe),
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=False,
-            lora_scale=self.lora_scale(pipe),
-            clip_skip=getattr(pipe, "_clip_skip", None),
-        )
+        embeds, _, pooled, _ = pipe.encode_prompt(prompt=texts, prompt_2=None, **_clip_encode_kwargs(self, pipe))
         return EncodedPrompts(embeds, pooled)
 
 
@@ -62,15 +60,7 @@ class StableDiffusion3Adapter(BackboneAdapter):
         clip_len = getattr(pipe, "tokenizer_max_length", 77)
         max_len = max(1, reference["prompt_embeds"].shape[1] - clip_len) if "prompt_embeds" in reference else 256
         embeds, _, pooled, _ = pipe.encode_prompt(
-            prompt=texts,
-            prompt_2=None,
-            prompt_3=None,
-            device=self.device(pipe),
-            num_images_per_prompt=1,
-            do_classifier_free_guidance=False,
-            clip_skip=getattr(pipe, "_clip_skip", None),
-            max_sequence_length=max_len,
-            lora_scale=self.lora_scale(pipe),
+            prompt=texts, prompt_2=None, prompt_3=None, max_sequence_length=max_len, **_clip_encode_kwargs(self, pipe)
         )
         return EncodedPrompts(embeds, pooled)
 

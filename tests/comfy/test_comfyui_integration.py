@@ -38,6 +38,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from helpers import stop_process
 
 from promptloop.comfy_nodes.install import PACK_NAME, find_comfyui_python, install_into
 
@@ -286,12 +287,7 @@ def comfy(comfy_base):
                 time.sleep(1.0)
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 def _load_latent(server: ComfyServer, history: dict, node: str):

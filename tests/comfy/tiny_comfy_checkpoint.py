@@ -82,16 +82,9 @@ def build(comfyui_dir: str, out: str, seed: int = 0) -> Path:
                 p.mul_(0.1)
     sd = {f"model.diffusion_model.{k}": v.to(torch.float16) for k, v in unet.state_dict().items()}
 
-    clip_config = CLIPTextConfig(
-        vocab_size=49408,
-        hidden_size=768,
-        intermediate_size=3072,
-        num_hidden_layers=12,
-        num_attention_heads=12,
-        max_position_embeddings=77,
-        hidden_act="quick_gelu",
-        projection_dim=768,
-    )
+    # CLIP-L's text tower: transformers' defaults (49408 tokens, 12 layers, 77 positions, quick_gelu)
+    # with CLIP-L's widths
+    clip_config = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, projection_dim=768)
     clip = CLIPTextModel(clip_config)
     for k, v in clip.state_dict().items():
         if k.endswith("position_ids"):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from helpers import stop_process
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -172,12 +173,7 @@ def openai_endpoint(trained_dirs, tmp_path_factory):
             raise TimeoutError(f"vllm serve not up in time:\n{log.read_text()[-3000:]}")
 
     yield Endpoint
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    stop_process(proc)
     handle.close()
 
 
