@@ -18,6 +18,7 @@ disabled, or with the ``init_adapter`` weights swapped in), each accumulated ove
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import random
@@ -28,15 +29,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from promptloop.training.grpo.config import GRPOConfig, normalise_scale_rewards
-from promptloop.training.grpo.loss import LossStats, group_advantages, grpo_loss
-from promptloop.training.models import load_backbone, load_policy_model, load_prompts
-from promptloop.training.rollouts import ActionRecord, RolloutBatch, rollout
-from promptloop.training.runtime import Runtime, derived_seed
 
 from promptloop.policies.base import SamplingConfig
 from promptloop.policies.transformers import TransformersPolicy
 from promptloop.rewards.registry import CombinedReward, get_reward, load_reward
+from promptloop.schedule import RefineSchedule
+from promptloop.training.grpo.config import GRPOConfig, normalise_scale_rewards
+from promptloop.training.grpo.credit import ExploringPolicy
+from promptloop.training.grpo.loss import LossStats, best_of_group, group_advantages, grpo_loss, raft_loss
+from promptloop.training.grpo.replay import ReplayBuffer
+from promptloop.training.grpo.sampling import collect_groups, fresh_prompts
+from promptloop.training.models import load_backbone, load_policy_model, load_prompts
+from promptloop.training.rollouts import ActionRecord, RolloutBatch, concat_groups, rollout
+from promptloop.training.runtime import Runtime, derived_seed
 
 logger = logging.getLogger("promptloop.training")
 
@@ -65,6 +70,8 @@ class GRPOTrainer:
         self.eval_prompts = load_prompts(config.eval_prompts)[: config.eval_num_prompts]
         self.eval_metrics = {name: get_reward(name) for name in config.eval_metrics}
         self.scale_rewards = normalise_scale_rewards(config.scale_rewards)
+        self.replay = (ReplayBuffer(config.replay_buffer_size, config.replay_threshold)
+                       if config.replay_fraction > 0 else None)
 
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
@@ -140,21 +147,79 @@ class GRPOTrainer:
             out.append(self.train_prompts[order[index]])
         return out
 
+    def step_prompts(self, step: int) -> list[str]:
+        """:meth:`prompts_for_step`, with ``replay_fraction`` of them replaced by prompts drawn
+        from the replay buffer (a fixed function of seed, step, process and the buffer)."""
+        prompts = self.prompts_for_step(step)
+        if self.replay is None:
+            return prompts
+        count = round(self.config.replay_fraction * len(prompts))
+        replayed = self.replay.draw(count, derived_seed(self.config.seed, step, self.runtime.process_index, 4))
+        return replayed + [p for p in prompts if p not in replayed][:len(prompts) - len(replayed)]
+
     # -- rollouts ---------------------------------------------------------------------------
     def _rollout(self, prompts: Sequence[str], seed: int, *, schedule: str, temperature: float,
-                 num_generations: int) -> RolloutBatch:
+                 num_generations: int, explore_offset: int | None = None) -> RolloutBatch:
+        """Rollouts of ``prompts``; with ``credit: refinement`` and an ``explore_offset``, each
+        group explores one refinement and only those actions are kept (:mod:`.credit`)."""
         c = self.config
         sampling = SamplingConfig(
             max_new_tokens=c.max_completion_length, temperature=temperature, top_p=c.top_p,
             return_logprobs=True, seed=derived_seed(seed, 1) % 2**31,
         )
+        policy = self.rollout_policy
+        if c.credit == "refinement" and explore_offset is not None:
+            refinements = len(RefineSchedule.parse(schedule).resolve_samples(c.num_inference_steps, 1)[0])
+            policy = ExploringPolicy(policy, num_generations=num_generations, num_refinements=refinements,
+                                     offset=explore_offset, explore=sampling,
+                                     greedy=dataclasses.replace(sampling, temperature=0.0))
         self.unwrapped.eval()
-        return rollout(
-            self.pipeline, self.rollout_policy, prompts, self.reward, num_generations=num_generations, schedule=schedule,
+        batch = rollout(
+            self.pipeline, policy, prompts, self.reward, num_generations=num_generations, schedule=schedule,
             seed=seed, mode=c.mode, num_inference_steps=c.num_inference_steps, guidance_scale=c.guidance_scale,
             height=c.height, width=c.width, preview=c.preview, preview_size=c.preview_size, sampling=sampling,
             share_noise=c.share_noise,
         )
+        if isinstance(policy, ExploringPolicy):
+            batch.actions = [a for a in batch.actions if (a.trajectory, a.step) in policy.explored]
+        return batch
+
+    def collect(self, step: int) -> tuple[RolloutBatch, RolloutBatch, dict[str, float]]:
+        """This step's rollouts: (the batch trained on, everything rolled out, lever metrics).
+        With ``dynamic_sampling`` the trained batch holds the groups with a reward spread; with
+        ``replay_fraction`` the replay buffer learns from everything rolled out."""
+        c = self.config
+        seed = derived_seed(c.seed, step, self.runtime.process_index)
+        prompts = self.step_prompts(step)
+        metrics: dict[str, float] = {}
+
+        def roll(batch_prompts: list[str], r: int) -> RolloutBatch:
+            return self._rollout(batch_prompts, seed if r == 0 else derived_seed(seed, 2, r), schedule=c.schedule,
+                                 temperature=c.temperature, num_generations=c.num_generations,
+                                 explore_offset=step + r)
+
+        if c.dynamic_sampling:
+            collected = collect_groups(
+                roll, prompts, rewards=lambda b: b.penalised_rewards(c.fallback_penalty),
+                num_generations=c.num_generations, tol=c.reward_tol, max_resample_batches=c.max_resample_batches,
+                fresh=lambda r, k, seen: fresh_prompts(self.train_prompts, k, derived_seed(seed, 3, r), seen),
+            )
+            batch = concat_groups(collected.parts, c.num_generations)
+            everything = (collected.parts[0][0] if collected.rounds == 1 else concat_groups(
+                [(b, range(b.num_trajectories // c.num_generations)) for b, _ in collected.parts], c.num_generations))
+            metrics.update({"train/groups_kept": float(collected.groups_kept),
+                            "train/groups_resampled": float(collected.groups_resampled)})
+        else:
+            batch = everything = roll(prompts, 0)
+        metrics["train/images"] = float(everything.num_trajectories)
+        if self.replay is not None:
+            rewards = everything.penalised_rewards(c.fallback_penalty)
+            g = c.num_generations
+            self.replay.update((everything.prompts[i], sum(rewards[i:i + g]) / g)
+                               for i in range(0, len(rewards), g))
+            metrics["train/replay_size"] = float(len(self.replay))
+            metrics["train/replayed"] = float(sum(p not in self.prompts_for_step(step) for p in prompts))
+        return batch, everything, metrics
 
     # -- scoring ----------------------------------------------------------------------------
     def _score(self, actions: Sequence[ActionRecord], *, model: Any = None, grad: bool = True):
@@ -199,14 +264,16 @@ class GRPOTrainer:
         """Rollouts, advantages and ``num_iterations`` updates for ``step``; returns metrics."""
         c = self.config
         t0 = time.perf_counter()
-        seed = derived_seed(c.seed, step, self.runtime.process_index)
-        batch = self._rollout(self.prompts_for_step(step), seed, schedule=c.schedule, temperature=c.temperature,
-                              num_generations=c.num_generations)
+        batch, everything, lever_metrics = self.collect(step)
         rewards = torch.tensor(batch.penalised_rewards(c.fallback_penalty), dtype=torch.float32)
         advantages = group_advantages(rewards, c.num_generations, self.scale_rewards)
         actions = batch.actions
-        metrics = self._reward_metrics(batch, rewards)
-        metrics.update(batch.timings)
+        if c.loss_type == "raft":  # supervised targets: each group's best rollout, if any
+            best = set(best_of_group(rewards, c.num_generations, c.reward_tol))
+            actions = [a for a in actions if a.trajectory in best]
+        metrics = self._reward_metrics(everything, torch.tensor(everything.penalised_rewards(c.fallback_penalty)))
+        metrics.update(everything.timings)
+        metrics.update(lever_metrics)
 
         t_score = time.perf_counter()
         adv = torch.tensor([float(advantages[a.trajectory]) for a in actions], device=self.runtime.device)
@@ -235,12 +302,15 @@ class GRPOTrainer:
                 # ratio is against the log-probs recorded at sampling, before the first update.
                 old_logps = (logps.detach() if c.num_iterations == 1
                              else self._recorded_logprobs([actions[i] for i in group], logps.detach()))
-                loss, stats = grpo_loss(
-                    logps, old_logps, adv[group], scored.mask, ref_logps=ref[k], beta=c.beta,
-                    epsilon=c.epsilon, epsilon_high=c.epsilon_high, loss_type=c.loss_type,
-                    max_completion_length=c.max_completion_length, num_sequences=len(actions),
-                    num_tokens=num_tokens,
-                )
+                if c.loss_type == "raft":
+                    loss, stats = raft_loss(logps, scored.mask, ref_logps=ref[k], beta=c.beta, num_tokens=num_tokens)
+                else:
+                    loss, stats = grpo_loss(
+                        logps, old_logps, adv[group], scored.mask, ref_logps=ref[k], beta=c.beta,
+                        epsilon=c.epsilon, epsilon_high=c.epsilon_high, loss_type=c.loss_type,
+                        max_completion_length=c.max_completion_length, num_sequences=len(actions),
+                        num_tokens=num_tokens,
+                    )
                 self.runtime.accelerator.backward(loss)
                 tokens = float(scored.mask.sum())
                 loss_sum += float(loss.detach())
@@ -328,11 +398,18 @@ class GRPOTrainer:
         return {"data_position": self.step * per_step, "seed": self.config.seed}
 
     def save_checkpoint(self) -> Path:
-        return self.runtime.save_checkpoint(self.step, self.model, self.optimizer, self.scheduler, self._state())
+        path = self.runtime.save_checkpoint(self.step, self.model, self.optimizer, self.scheduler, self._state())
+        if self.replay is not None:  # each process its own buffer
+            self.replay.save(path / f"replay_{self.runtime.process_index}.json")
+        self.runtime.wait()
+        return path
 
     def resume(self, checkpoint: str | Path) -> None:
         state = self.runtime.load_checkpoint(checkpoint, self.model, self.optimizer, self.scheduler)
         self.step = int(state["step"])
+        replay = Path(checkpoint) / f"replay_{self.runtime.process_index}.json"
+        if self.replay is not None and replay.exists():
+            self.replay.load(replay)
         self._sync_rollout_adapter()
 
     def save_adapter(self, path: str | Path | None = None) -> Path:
