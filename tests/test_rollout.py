@@ -174,3 +174,12 @@ def test_the_loop_does_not_recheck_what_the_parser_passed(monkeypatch):
     loop.start(["a cat"], 4)
     loop.at_step(0)
     assert checked == ["a cat, oil painting"]
+
+
+def test_an_ahead_plan_written_before_sampling_counts_as_a_policy_call(tiny_pipes):
+    """The hook writes the plan when the pipeline asks for its tensor inputs (RefineLoop.prepare);
+    the run's trace still counts that call and its time."""
+    _, trace = sample(tiny_pipes["sd"], PROMPTS, [0, 1], policy=suffix_policy(), schedule=[1, 2], mode="ahead",
+                      num_inference_steps=4, height=64, width=64)
+    assert trace.meta["policy_calls"] == 1 and trace.meta["policy_s"] >= 0
+    assert len(trace.generations()) == 2 and len(trace.entries) == 4
