@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 from PIL import Image
-
 from training_helpers import small_config
+
 from promptloop.policies import SamplingConfig
 from promptloop.refinement import Observation, Refinement
 from promptloop.trace import Trace, TraceEntry
@@ -178,3 +178,30 @@ def test_config_checks_the_levers(tmp_path):
                 {"reward_tol": -1.0}, {"replay_buffer_size": 0}):
         with pytest.raises(ConfigError):
             small_config(tmp_path, **bad)
+
+
+@pytest.mark.parametrize(("targets", "expected"), [
+    ("attention+mlp", {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}),
+    ("mlp", {"gate_proj", "up_proj", "down_proj"}),
+    (["fc1", "gate_proj"], {"gate_proj"}),  # fc1 is the vision tower's MLP: never adapted
+])
+def test_lora_targets_cover_the_language_models_modules_only(tmp_path, tiny_policy_dir, targets, expected):
+    from peft.tuners.lora import LoraLayer
+
+    from promptloop.training.models import load_policy_model
+
+    config = small_config(tmp_path, policy=str(tiny_policy_dir), lora_target_modules=targets)
+    assert isinstance(config.lora_target_modules, list)
+    model, _, _ = load_policy_model(config)
+    adapted = [name for name, module in model.named_modules() if isinstance(module, LoraLayer)]
+    layers = model.base_model.model.config.text_config.num_hidden_layers
+    assert {name.rsplit(".", 1)[-1] for name in adapted} == expected
+    assert len(adapted) == layers * len(expected)
+    assert all("language_model" in name and "visual" not in name for name in adapted)
+
+
+def test_lora_presets_expand_in_lists_and_from_set_strings(tmp_path):
+    both = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    assert small_config(tmp_path, lora_target_modules="attention,mlp").lora_target_modules == both
+    assert small_config(tmp_path, lora_target_modules=["mlp", "q_proj"]).lora_target_modules == both[4:] + ["q_proj"]
+    assert small_config(tmp_path, lora_target_modules="q_proj,v_proj").lora_target_modules == ["q_proj", "v_proj"]

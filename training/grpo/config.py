@@ -23,6 +23,14 @@ from promptloop.validation import (
     check_schedule,
 )
 
+#: ``lora_target_modules`` presets: the language model's attention and MLP projections (the
+#: vision tower is never adapted, see :func:`~promptloop.training.models.load_policy_model`).
+LORA_TARGET_PRESETS: dict[str, list[str]] = {
+    "attention": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "mlp": ["gate_proj", "up_proj", "down_proj"],
+    "attention+mlp": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+}
+
 
 # The preview (:class:`~promptloop.sampling.PreviewSettings`) is 56 px by default here, half of
 # ``promptloop eval``'s 112: the CPU-sized default rollouts are 64 px images.
@@ -109,6 +117,18 @@ class GRPOConfig(PreviewSettings, TrainConfig):
         "replay_threshold": None, "replay_buffer_size": ">= 1",
     }
 
+    def __post_init__(self) -> None:
+        # Preset names in lora_target_modules (``attention+mlp``, or ``attention,mlp`` read as a
+        # list) become the module names they stand for; other names stay.
+        targets = self.lora_target_modules
+        if isinstance(targets, (list, tuple)) and any(t in LORA_TARGET_PRESETS for t in targets):
+            expanded: list[str] = []
+            for name in targets:
+                for module in LORA_TARGET_PRESETS.get(name, [name]):
+                    if module not in expanded:
+                        expanded.append(module)
+            self.lora_target_modules = expanded
+
     def check_values(self) -> None:
         super().check_values()
         check_choice("loss_type", self.loss_type, ("grpo", "dr_grpo", "dapo", "raft"))
@@ -155,4 +175,4 @@ def normalise_scale_rewards(value: str | bool) -> str:
     raise ValueError(f"scale_rewards must be group, batch or none, not {value!r}")
 
 
-__all__ = ["GRPOConfig", "normalise_scale_rewards"]
+__all__ = ["LORA_TARGET_PRESETS", "GRPOConfig", "normalise_scale_rewards"]
