@@ -18,7 +18,7 @@ def test_shared_noise_makes_a_groups_rollouts_differ_only_by_the_policy(tiny_pip
     pipe = tiny_pipes["sd"]
     same = StaticPolicy(lambda obs: obs.current_prompt + ", watercolor")
     prompts = ["a red fox", "a blue boat"]
-    kwargs = dict(num_generations=3, schedule="evenly:1", num_inference_steps=3, height=64, width=64)
+    kwargs = {"num_generations": 3, "schedule": "evenly:1", "num_inference_steps": 3, "height": 64, "width": 64}
     reward = load_reward("jpeg_compressibility")
     shared = rollout(pipe, same, prompts, reward, seed=5, share_noise=True, **kwargs)
     for group in (shared.images[:3], shared.images[3:]):
@@ -42,8 +42,8 @@ def test_a_shared_noise_group_shares_its_random_refinement_steps(warm_policy_dir
     policy = TransformersPolicy.from_pretrained(warm_policy_dir, device="cpu")
     greedy = SamplingConfig(max_new_tokens=24, temperature=0.0, return_logprobs=True)
     prompts = ["a red fox", "a blue boat", "a green tree"]
-    kwargs = dict(num_generations=4, schedule="random:2", num_inference_steps=8, height=64, width=64,
-                  sampling=greedy, preview_size=56)
+    kwargs = {"num_generations": 4, "schedule": "random:2", "num_inference_steps": 8, "height": 64, "width": 64,
+              "sampling": greedy, "preview_size": 56}
     reward = load_reward("jpeg_compressibility")
     shared = rollout(tiny_pipes["sd"], policy, prompts, reward, seed=3, share_noise=True, **kwargs)
     steps = shared.trace.meta["sample_steps"]
