@@ -43,25 +43,19 @@ def _scores(images, users) -> list[dict]:
     return out
 
 
-def generate(pipe, prompts: list[str], *, seed: int, steps: int, guidance: float, callback=None,
-             batch_size: int = 16) -> list:
-    """Images of ``prompts``; image i starts from noise seed ``seed + i`` whatever its batch."""
-    import torch
+def generate(pipe, prompts: list[str], *, seed: int, steps: int, guidance: float, policy=None,
+             refine: list[int] | None = None, preview: str = "vae", size: int = 64, batch_size: int = 16) -> list:
+    """Images of ``prompts`` through the library's one sampling path (:func:`promptloop.rollout.sample`):
+    image i from noise seed ``image_seed(seed, i)`` whatever its batch; ``policy`` refines at ``refine``."""
+    from promptloop.rollout import image_seed, sample
 
     images = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        gens = [torch.Generator().manual_seed(seed + start + i) for i in range(len(chunk))]
-        kwargs = {"callback_on_step_end": callback} if callback is not None else {}
-        images += pipe(chunk, num_inference_steps=steps, guidance_scale=guidance, height=64, width=64,
-                       generator=gens, **kwargs).images
+        images += sample(pipe, chunk, [image_seed(seed, start + i) for i in range(len(chunk))], policy=policy,
+                         schedule=list(refine or []), preview=preview, preview_size=size, num_inference_steps=steps,
+                         guidance_scale=guidance, height=64, width=64)[0]
     return images
-
-
-def _hook(policy, steps: list[int], preview: str, size: int):
-    from promptloop.hook import PromptLoopHook
-
-    return PromptLoopHook(policy, list(steps), preview=preview, preview_size=size, keep_previews=False)
 
 
 def _static(fn, name: str):
@@ -121,7 +115,8 @@ def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], 
             t0 = time.perf_counter()
             rule = PreviewRule(style, count=count)
             _, first = oneshot_rewrite(rule, users, steps)
-            images = generate(pipe, first, seed=seed, steps=steps, guidance=cfg, callback=_hook(rule, refine, preview, size))
+            images = generate(pipe, first, seed=seed, steps=steps, guidance=cfg, policy=rule, refine=refine,
+                              preview=preview, size=size)
             add(label, images, t0)
             info["refinements"][label] = info["refinements"].get(label, 0) + len(rule.log)
             info["changed"][label] = info["changed"].get(label, 0) + sum(bool(c.unseen) for c in rule.log)
@@ -131,8 +126,8 @@ def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], 
             per_k = []
             for j in range(k):
                 policy = _static(lambda obs, j=j, cands=cands: cands[obs.original_prompt][j], f"candidate-{j}")
-                imgs = generate(pipe, oneshot, seed=seed, steps=steps, guidance=cfg,
-                                callback=_hook(policy, [first_step], preview, size))
+                imgs = generate(pipe, oneshot, seed=seed, steps=steps, guidance=cfg, policy=policy,
+                                refine=[first_step], preview=preview, size=size)
                 per_k.append(_scores(imgs, users))
             best = [max(col, key=lambda s: s["mean"]) for col in zip(*per_k)]
             name = f"hindsight best-of-{k} @{first_step}"
@@ -147,8 +142,8 @@ def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], 
             partial = [explicit_caption(explicit_shapes(parse_prompt(oneshot[i]))[:-1]) for i in multi]
             policy = _static(lambda obs, table=table: table[obs.original_prompt], "probe-add")
             t0 = time.perf_counter()
-            imgs = generate(pipe, partial, seed=seed, steps=steps, guidance=cfg,
-                            callback=_hook(policy, [step], preview, size))
+            imgs = generate(pipe, partial, seed=seed, steps=steps, guidance=cfg, policy=policy, refine=[step],
+                            preview=preview, size=size)
             add(f"probe: last shape added @{step} (multi-shape prompts)", imgs, t0, [users[i] for i in multi])
         echo(f"  sampling seed {seed}: done")
     return rows, info
