@@ -34,7 +34,7 @@ def test_the_library_and_the_cli_import_no_surface():
         "    assert exc.code == 0, exc.code\n"
         f"print('LOADED', sorted(m for m in sys.modules if m.startswith({SURFACES!r})))\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     for command in ("serve", "comfy", "train"):
         assert command in done.stdout
@@ -57,7 +57,7 @@ def test_a_missing_surface_is_a_clear_error():
         "from promptloop.cli import app\n"
         "app(['train', '--help'])\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1
     assert "`promptloop train` is not available: promptloop.training.cli" in done.stderr
     assert "Traceback" not in done.stderr
@@ -135,7 +135,7 @@ def test_bad_training_config_exits_2_with_one_line_and_no_trainer_imported(tmp_p
         "            'promptloop.training.diffusion.b2')\n"
         "print('IMPORTED', [m for m in trainers if m in sys.modules])\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=300)
     assert done.stdout.split() == ["EXIT", "2"] * 4 + ["IMPORTED", "[]"], (done.stdout, done.stderr)
     lines = done.stderr.strip().splitlines()
     assert "Traceback" not in done.stderr and len(lines) == 4, done.stderr

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from helpers import run_kwargs, suffix_policy
+
 from promptloop import PromptLoopHook, RefineLoop
 from promptloop.refinement import Refinement
 

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
-
 from helpers import CountingPolicy, run_kwargs, suffix_policy
+
 from promptloop import PromptLoopHook
 from promptloop.loop import RefineLoop
 from promptloop.policies.messages import SYSTEM_PROMPT
@@ -95,7 +94,7 @@ def test_trace_entries_keep_an_unchanged_snapshot_of_what_the_policy_saw():
         assert (obs.current_prompt, obs.history, obs.step) in seen
         assert obs.step == entry.step and obs.num_steps == 6
         assert entry.system_prompt is None  # a StaticPolicy has no system prompt
-    second = [e for e in trace.entries if e.step == 3 and e.sample_index == 0][0]
+    second = next(e for e in trace.entries if e.step == 3 and e.sample_index == 0)
     assert second.observation.current_prompt == "p0 x" and second.observation.history == ["p0"]
     assert "observation" not in second.to_dict()
 

@@ -3,6 +3,7 @@ corruption lowers exactly the attributes it should."""
 
 from __future__ import annotations
 
+import itertools
 import random
 from dataclasses import replace
 
@@ -12,7 +13,16 @@ from PIL import Image, ImageFilter
 
 from promptloop.rewards import get_reward, load_reward
 from promptloop.worlds.shapes import (
-    STYLES, ParseError, Scene, all_captions, caption, fidelity, parse_prompt, render_scene, sample_scene, score_image,
+    STYLES,
+    ParseError,
+    Scene,
+    all_captions,
+    caption,
+    fidelity,
+    parse_prompt,
+    render_scene,
+    sample_scene,
+    score_image,
 )
 from promptloop.worlds.shapes.analysis import analyse
 from promptloop.worlds.shapes.grammar import VOCABULARY, tokenize
@@ -84,7 +94,7 @@ def test_every_caption_parses_back_to_its_scene(style):
             assert sorted((m.color, m.kind, m.size) for m in spec.mentions) == sorted(
                 (s.color, s.kind, s.size) for s in shapes)
         if style == "relational" and len(scene) > 1:
-            assert [r for _, r, _ in spec.relations] == [relation(a, b) for a, b in zip(shapes, shapes[1:])]
+            assert [r for _, r, _ in spec.relations] == [relation(a, b) for a, b in itertools.pairwise(shapes)]
 
 
 def test_all_phrasings_of_a_scene_agree():
@@ -218,7 +228,7 @@ def test_restatement_targets_are_explicit_faithful_and_in_the_users_order():
 
     corrupted = 0
     for i in range(30):
-        obs, target, intended = restate_example(POLICY_SEED_BASE + i)
+        obs, target, _intended = restate_example(POLICY_SEED_BASE + i)
         user, spec = parse_prompt(obs.original_prompt), parse_prompt(target)
         scene = scene_of(spec)
         assert scene is not None and satisfies(scene, user), (obs.original_prompt, target)

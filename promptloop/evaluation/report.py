@@ -169,8 +169,8 @@ def write_report(cells: Sequence[Cell], out_dir: str | Path, *, group: Callable[
     if note:
         text += [note, ""]
     text += [markdown_table(summaries), "",
-             f"Mean ± half-width of the 95 % t-interval over {'rows' if unit == 'row' else 'sampling seeds (cells)'}; "
-             "n: interval units.", "", "## Costs (totals over cells)", "", costs_table(costs(cells, group)), ""]
+             (f"Mean ± half-width of the 95 % t-interval over {'rows' if unit == 'row' else 'sampling seeds (cells)'}; "
+              "n: interval units."), "", "## Costs (totals over cells)", "", costs_table(costs(cells, group)), ""]
     (out_dir / "results.md").write_text("\n".join(text))
     write_csv(summaries, out_dir / "results.csv")
     plot_rewards(summaries, out_dir / "rewards.png", title=title)

@@ -11,7 +11,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from training_helpers import SMALL
 
 #: Longer than the tiny policy's context (4096 tokens): every policy call on it fails before

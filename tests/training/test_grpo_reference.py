@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from training_helpers import small_config
+
 from promptloop.training.grpo import trainer as trainer_module
 from promptloop.training.grpo.trainer import GRPOTrainer
 from promptloop.training.models import load_policy_model

@@ -6,8 +6,8 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-
 from training_helpers import small_config
+
 from promptloop.policies import SamplingConfig
 from promptloop.training.grpo.trainer import GRPOTrainer
 

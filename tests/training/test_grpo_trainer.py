@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-
 from training_helpers import small_config
+
 from promptloop import Observation
 from promptloop.policies import SamplingConfig
 from promptloop.training.grpo.trainer import GRPOTrainer

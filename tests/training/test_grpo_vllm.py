@@ -8,8 +8,8 @@ import importlib.util
 
 import pytest
 import torch
-
 from training_helpers import small_config
+
 from promptloop import Observation
 from promptloop.policies import SamplingConfig
 from promptloop.training.grpo.trainer import GRPOTrainer
