@@ -21,12 +21,11 @@ run through the real loop (:class:`~promptloop.hook.PromptLoopHook`) and the one
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from promptloop.policies.parsing import parse_refinement
-from promptloop.refinement import Observation, Refinement
+from promptloop.policies.base import StaticPolicy
+from promptloop.refinement import Observation
 from promptloop.worlds.shapes.analysis import Analysis, analyse
 from promptloop.worlds.shapes.grammar import Mention, ParseError, Spec, explicit_caption, parse_prompt
 from promptloop.worlds.shapes.reward import match
@@ -94,13 +93,15 @@ class Correction:
     text: str
 
 
-class OneShotRule:
+class OneShotRule(StaticPolicy):
     """``oneshot_rule``: :func:`oneshot_rewrite_for` of the *original* prompt, whatever the step (no
-    image is looked at). ``style``: ``"explicit"`` or ``"user"`` (see :data:`BACKBONE_INPUT`)."""
+    image is looked at). ``style``: ``"explicit"`` or ``"user"`` (see :data:`BACKBONE_INPUT`). A
+    :class:`~promptloop.policies.base.StaticPolicy` whose rewrite is :meth:`rewrite`."""
 
     def __init__(self, style: str = "explicit", *, name: str = "oneshot_rule") -> None:
         oneshot_rewrite_for("a red circle", style)  # validate the style
-        self.style, self.name = style, name
+        self.style = style
+        super().__init__(self.rewrite, name=name)
 
     @classmethod
     def for_backbone(cls, backbone: str) -> OneShotRule:
@@ -108,17 +109,6 @@ class OneShotRule:
 
     def rewrite(self, obs: Observation) -> str:
         return oneshot_rewrite_for(obs.original_prompt, self.style)
-
-    def refine(self, observations: Sequence[Observation]) -> list[Refinement]:
-        start = time.perf_counter()
-        texts = [self.rewrite(obs) for obs in observations]
-        latency = time.perf_counter() - start
-        out = []
-        for obs, text in zip(observations, texts):
-            ref = parse_refinement(text, obs.current_prompt)
-            ref.latency_s = latency
-            out.append(ref)
-        return out
 
 
 class PreviewRule(OneShotRule):
