@@ -68,6 +68,17 @@ class LossStats:
     ratio_mean: float
 
 
+def _with_kl(per_token: torch.Tensor, logps: torch.Tensor, ref_logps: torch.Tensor | None,
+             beta: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``per_token`` + ``beta`` x k3 KL to the reference, and the KL (``None`` when ``beta`` is 0)."""
+    if beta == 0.0:
+        return per_token, None
+    if ref_logps is None:
+        raise ValueError("beta != 0 needs ref_logps")
+    kl = k3_kl(logps, ref_logps)
+    return per_token + beta * kl, kl
+
+
 def grpo_loss(
     logps: torch.Tensor,
     old_logps: torch.Tensor,
@@ -100,13 +111,7 @@ def grpo_loss(
     adv = advantages.to(logps.dtype)[:, None]
     ratio = torch.exp(logps - old_logps)
     clipped = torch.clamp(ratio, 1 - epsilon, 1 + high)
-    per_token = -torch.min(ratio * adv, clipped * adv)
-    kl = None
-    if beta != 0.0:
-        if ref_logps is None:
-            raise ValueError("beta != 0 needs ref_logps")
-        kl = k3_kl(logps, ref_logps)
-        per_token = per_token + beta * kl
+    per_token, kl = _with_kl(-torch.min(ratio * adv, clipped * adv), logps, ref_logps, beta)
 
     batch = num_sequences or logps.shape[0]
     if loss_type == "grpo":
@@ -158,13 +163,7 @@ def raft_loss(
     """Mean token NLL of supervised targets (+ ``beta`` x k3 KL): ``-sum(logp * mask) / tokens``,
     ``tokens`` the whole batch's target tokens (``num_tokens``, for micro-batches) or ``mask``'s."""
     mask = mask.to(logps.dtype)
-    per_token = -logps
-    kl = None
-    if beta != 0.0:
-        if ref_logps is None:
-            raise ValueError("beta != 0 needs ref_logps")
-        kl = k3_kl(logps, ref_logps)
-        per_token = per_token + beta * kl
+    per_token, kl = _with_kl(-logps, logps, ref_logps, beta)
     tokens = num_tokens if num_tokens is not None else mask.sum().clamp(min=1.0)
     loss = (per_token * mask).sum() / tokens
     with torch.no_grad():
