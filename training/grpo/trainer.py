@@ -218,7 +218,8 @@ class GRPOTrainer:
             self.replay.update((everything.prompts[i], sum(rewards[i:i + g]) / g)
                                for i in range(0, len(rewards), g))
             metrics["train/replay_size"] = float(len(self.replay))
-            metrics["train/replayed"] = float(sum(p not in self.prompts_for_step(step) for p in prompts))
+            base = set(self.prompts_for_step(step))
+            metrics["train/replayed"] = float(sum(p not in base for p in prompts))
         return batch, everything, metrics
 
     # -- scoring ----------------------------------------------------------------------------
