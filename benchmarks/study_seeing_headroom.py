@@ -64,15 +64,16 @@ def _static(fn, name: str):
     return StaticPolicy(fn, name=name)
 
 
-def parse_variant(spec: str) -> tuple[list[int], bool]:
-    """``"4"`` -> refine at step 4; ``"2,6"`` -> at steps 2 and 6; a trailing ``c`` also states the count."""
-    count = spec.endswith("c")
-    return [int(x) for x in spec.rstrip("c").split(",")], count
+def parse_variant(spec: str) -> tuple[list[int], bool, bool]:
+    """``"4"`` -> refine at step 4; ``"2,6"`` -> at steps 2 and 6; a trailing ``c`` also states the
+    count, a trailing ``r`` re-binds unplaced shapes to the colours the preview shows (``rebind``)."""
+    flags = spec[len(spec.rstrip("cr")):]
+    return [int(x) for x in spec.rstrip("cr").split(",")], "c" in flags, "r" in flags
 
 
 def variant_label(spec: str) -> str:
-    steps, count = parse_variant(spec)
-    return f"preview_rule @{','.join(map(str, steps))}{' +count' if count else ''}"
+    steps, count, rebind = parse_variant(spec)
+    return f"preview_rule @{','.join(map(str, steps))}{' +count' if count else ''}{' +rebind' if rebind else ''}"
 
 
 def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], preview: str, size: int,
@@ -110,16 +111,16 @@ def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], 
         add("oneshot_rule", generate(pipe, oneshot, seed=seed, steps=steps, guidance=cfg), t0)
         first_step = parse_variant(variants[0])[0][0]
         for spec in variants:
-            refine, count = parse_variant(spec)
+            refine, count, rebind = parse_variant(spec)
             label = variant_label(spec)
             t0 = time.perf_counter()
-            rule = PreviewRule(style, count=count)
+            rule = PreviewRule(style, count=count, rebind=rebind)
             _, first = oneshot_rewrite(rule, users, steps)
             images = generate(pipe, first, seed=seed, steps=steps, guidance=cfg, policy=rule, refine=refine,
                               preview=preview, size=size)
             add(label, images, t0)
             info["refinements"][label] = info["refinements"].get(label, 0) + len(rule.log)
-            info["changed"][label] = info["changed"].get(label, 0) + sum(bool(c.unseen) for c in rule.log)
+            info["changed"][label] = info["changed"].get(label, 0) + sum(c.changed for c in rule.log)
         if k:
             t0 = time.perf_counter()
             cands = {p: candidate_rewrites(p, k) for p in oneshot}
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="sampling seeds")
     p.add_argument("--refine", nargs="+", default=["4"],
                    help="preview_rule variants: '4' (refine at step 4), '2,6' (two refinements), '4c' (also state the "
-                        "count); the first is the main row and the hindsight step")
+                        "count), '4r' (re-bind unplaced shapes to the colours seen); the first is the main row and "
+                        "the hindsight step")
     p.add_argument("--no-alone", action="store_true", help="skip the backbone-alone row")
     p.add_argument("--preview", choices=("vae", "linear"), default="vae")
     p.add_argument("--preview-size", type=int, default=64)

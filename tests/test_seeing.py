@@ -16,6 +16,7 @@ from promptloop.worlds.shapes.grammar import (
     parse_prompt,
     phantom_shapes,
     random_caption,
+    swapped_shapes,
 )
 from promptloop.worlds.shapes.render import render_scene
 from promptloop.worlds.shapes.reward import score_image
@@ -134,3 +135,50 @@ def test_phantom_captions_name_one_absent_shape_never_first():
         assert sorted(s for s in shapes if s in scene.shapes) == sorted(scene.shapes)
         assert phantom_shapes(scene) == shapes  # deterministic per scene
         assert parse_prompt(random_caption(scene, rng, CAPTION_MIXES["phantom"]))
+
+
+def test_leaky_captions_swap_two_colours_and_nothing_else():
+    import random
+
+    assert set(CAPTION_MIXES["leaky"]) <= set(STYLES) | {"swapped"}
+    rng = random.Random(0)
+    swapped = 0
+    for seed in range(200):
+        scene = sample_scene(5_000_000 + seed)
+        shapes = swapped_shapes(scene)
+        assert [(s.kind, s.size, s.cell) for s in shapes] == [(s.kind, s.size, s.cell) for s in scene.shapes]
+        changed = [i for i, (a, b) in enumerate(zip(shapes, scene.shapes)) if a.color != b.color]
+        if len({s.color for s in scene.shapes}) < 2:
+            assert changed == []
+        else:  # exactly two shapes trade their colours
+            i, j = changed
+            assert (shapes[i].color, shapes[j].color) == (scene.shapes[j].color, scene.shapes[i].color)
+            swapped += 1
+        assert swapped_shapes(scene) == shapes  # deterministic per scene
+        assert parse_prompt(random_caption(scene, rng, CAPTION_MIXES["leaky"]))
+    assert swapped > 50
+
+
+def test_preview_rule_rebinds_unplaced_shapes_to_the_colours_the_preview_shows():
+    user = "a red circle and a blue square"  # no positions: the rule may move the shapes
+    asked = explicit_caption(_shapes(parse_prompt(OneShotRule().rewrite(Observation(user, user, -1, 20)))))
+    red, blue = _shapes(parse_prompt(asked))
+    # the noise put blue where the prompt asked for the red circle and red where it asked for the square
+    leaked = Scene((Shape("blue", "circle", red.size, red.cell), Shape("red", "square", blue.size, blue.cell)))
+    obs = Observation(user, asked, 5, 20, preview=render_scene(leaked, jitter=False))
+    rule = PreviewRule(rebind=True)
+    got = _shapes(parse_prompt(rule.refine([obs])[0].text))
+    assert got == (Shape("red", "circle", red.size, blue.cell), Shape("blue", "square", blue.size, red.cell))
+    assert rule.log[-1].rebound and rule.log[-1].changed
+    # the re-bound scene satisfies the user
+    assert score_image(render_scene(Scene(got), jitter=False), user)["mean"] == 1.0
+    # without rebind, or where the user placed the shapes, no shape is moved
+    assert PreviewRule().refine([obs])[0].text != rule.refine([obs])[0].text
+    placed = "a red circle at the top left and a blue square at the bottom right"
+    target = OneShotRule().rewrite(Observation(placed, placed, -1, 20))
+    r, b = _shapes(parse_prompt(target))
+    leaked = Scene((Shape("blue", "circle", r.size, r.cell), Shape("red", "square", b.size, b.cell)))
+    text = PreviewRule(rebind=True).refine([Observation(placed, target, 5, 20,
+                                                        preview=render_scene(leaked, jitter=False))])[0].text
+    assert {s.cell for s in _shapes(parse_prompt(text))} == {r.cell, b.cell}
+    assert [s.cell for s in _shapes(parse_prompt(text)) if s.color == "red"] == [r.cell]

@@ -10,7 +10,10 @@
   own scene analysis (:func:`~.analysis.analyse`), matches it to the shapes the prompt asks for
   (:func:`~.reward.match`) and, when a shape is missing or drawn with the wrong colour or kind,
   restates the prompt with the shapes it does not see named **first** (optionally with the
-  count stated: ``"three shapes: ..."``). When the preview already shows every shape it keeps the
+  count stated: ``"three shapes: ..."``). With ``rebind=True`` it first tries a *re-binding*: where
+  the preview shows the colours of shapes whose place the user left open at each other's cells
+  (attribute leakage), it moves those shapes to the cells that already have their colour
+  (:func:`rebind_cells`). When the preview already shows every shape it keeps the
   prompt, so it cannot hurt a trajectory that is going right.
 * :func:`candidate_rewrites`: the K rewrites the hindsight ceiling chooses among (every shape
   named first in turn, with and without the count, the one-shot rewrite kept).
@@ -21,6 +24,7 @@ run through the real loop (:class:`~promptloop.hook.PromptLoopHook`) and the one
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -84,6 +88,35 @@ def unseen_mentions(spec: Spec, analysis: Analysis) -> list[int]:
     return out
 
 
+def rebind_cells(user: Spec, shapes: Sequence[Shape], analysis: Analysis) -> list[Shape] | None:
+    """``shapes`` (the explicit rewrite of ``user``) with the cells of the mentions the user left
+    unplaced (no cell, in no relation) permuted so that most of them sit where the preview shows
+    their colour; None when no permutation matches more colours than the current cells (ties keep
+    the current cells)."""
+    related = {i for a, _, b in user.relations for i in (a, b)}
+    free = [i for i, m in enumerate(user.mentions) if m.cell is None and i not in related]
+    if len(free) < 2:
+        return None
+    seen = {d.cell: d for d in analysis.detections}
+
+    def fits(order) -> tuple[int, int]:
+        colour = sum(seen[c].color == shapes[i].color for i, c in zip(free, order) if c in seen)
+        kind = sum(seen[c].kind == shapes[i].kind for i, c in zip(free, order) if c in seen)
+        return colour, kind
+
+    cells = [shapes[i].cell for i in free]
+    best, best_fit = tuple(cells), fits(cells)
+    for order in itertools.permutations(cells):
+        if fits(order)[0] > best_fit[0]:
+            best, best_fit = order, fits(order)
+    if best == tuple(cells):
+        return None
+    out = list(shapes)
+    for i, c in zip(free, best):
+        out[i] = Shape(shapes[i].color, shapes[i].kind, shapes[i].size, c)
+    return out
+
+
 @dataclass
 class Correction:
     """What :class:`PreviewRule` saw and wrote at one refinement."""
@@ -91,6 +124,11 @@ class Correction:
     seen: int  # shapes found in the preview
     unseen: list[int]  # mention indices not shown
     text: str
+    rebound: bool = False  # the unplaced shapes were moved to the cells showing their colours
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.unseen) or self.rebound
 
 
 class OneShotRule(StaticPolicy):
@@ -121,20 +159,27 @@ class PreviewRule(OneShotRule):
     for, only how it is said. ``log`` keeps one :class:`Correction` per refinement with a preview.
     """
 
-    def __init__(self, style: str = "explicit", *, count: bool = False, min_area: int = 14,
+    def __init__(self, style: str = "explicit", *, count: bool = False, rebind: bool = False, min_area: int = 14,
                  color_threshold: float = 90.0, name: str = "preview_rule") -> None:
         super().__init__(style, name=name)
-        self.count, self.min_area, self.color_threshold = count, min_area, color_threshold
+        self.count, self.rebind, self.min_area, self.color_threshold = count, rebind, min_area, color_threshold
         self.log: list[Correction] = []
 
-    def correct(self, prompt: str, preview) -> tuple[str | None, Correction | None]:
-        """The corrected prompt for ``prompt`` given ``preview`` (None: keep the current prompt)."""
+    def correct(self, prompt: str, preview, user: str | None = None) -> tuple[str | None, Correction | None]:
+        """The corrected prompt for ``prompt`` given ``preview`` (None: keep the current prompt);
+        ``user``: the user's prompt, whose unplaced shapes a re-binding may move (default ``prompt``)."""
         try:
             shapes = _shapes_of(parse_prompt(prompt))
+            spec = parse_prompt(user if user is not None else prompt)
         except ParseError:
             return None, None
-        target = Spec(tuple(Mention(s.color, s.kind, s.size if s.size else DEFAULT_SIZE, s.cell) for s in shapes))
         analysis = analyse(preview, color_threshold=self.color_threshold, min_area=self.min_area)
+        if self.rebind and len(spec.mentions) == len(shapes):
+            moved = rebind_cells(spec, shapes, analysis)
+            if moved is not None:
+                text = explicit_caption(moved)
+                return text, Correction(len(analysis.detections), [], text, rebound=True)
+        target = Spec(tuple(Mention(s.color, s.kind, s.size if s.size else DEFAULT_SIZE, s.cell) for s in shapes))
         unseen = unseen_mentions(target, analysis)
         if not unseen:
             return None, Correction(len(analysis.detections), [], prompt)
@@ -145,7 +190,7 @@ class PreviewRule(OneShotRule):
         if obs.preview is None or obs.step < 0:
             return super().rewrite(obs)
         target = oneshot_rewrite_for(obs.original_prompt, "explicit")
-        text, note = self.correct(target, obs.preview)
+        text, note = self.correct(target, obs.preview, obs.original_prompt)
         if note is not None:
             self.log.append(note)
         return obs.current_prompt if text is None else text
@@ -182,4 +227,4 @@ def preview_rule(backbone: str = "backbone-e", **options) -> PreviewRule:
 
 
 __all__ = ["BACKBONE_INPUT", "Correction", "OneShotRule", "PreviewRule", "candidate_rewrites", "oneshot_rewrite_for",
-           "oneshot_rule", "preview_rule", "restate", "unseen_mentions"]
+           "oneshot_rule", "preview_rule", "rebind_cells", "restate", "unseen_mentions"]

@@ -318,3 +318,37 @@ EXTRA_STYLES: dict = {"phantom": phantom_caption}
 #: shape is always drawn.
 PHANTOM_STYLE_WEIGHTS: dict[str, float] = {"full": 0.4, "phantom": 0.6}
 CAPTION_MIXES["phantom"] = PHANTOM_STYLE_WEIGHTS
+
+#: The same with 80 % phantom captions (issue 22's second try: more neglect, the same lever).
+CAPTION_MIXES["phantom-heavy"] = {"full": 0.2, "phantom": 0.8}
+
+
+# --------------------------------------------------------------------------- leaky captions (issue 22)
+
+
+def swapped_shapes(scene: Scene) -> list[Shape]:
+    """The scene's shapes in reading order with the colours of two differently coloured shapes
+    swapped (the pair drawn from the scene's seed); unchanged when every shape has one colour."""
+    shapes = list(scene.shapes)
+    pairs = [(i, j) for i in range(len(shapes)) for j in range(i + 1, len(shapes)) if shapes[i].color != shapes[j].color]
+    if not pairs:
+        return shapes
+    i, j = random.Random(f"swap {scene.seed if scene.seed is not None else scene.shapes}").choice(pairs)
+    a, b = shapes[i], shapes[j]
+    shapes[i], shapes[j] = Shape(b.color, a.kind, a.size, a.cell), Shape(a.color, b.kind, b.size, b.cell)
+    return shapes
+
+
+def swapped_caption(scene: Scene) -> str:
+    """A ``full`` caption that binds two of the scene's colours to each other's shapes (attribute
+    leakage in the captions: the image has the other binding)."""
+    return explicit_caption(swapped_shapes(scene))
+
+
+EXTRA_STYLES["swapped"] = swapped_caption
+
+#: A *leaky* caption mix (issue 22, third try: attribute leakage): every caption is explicit, but
+#: 35 % of them swap two shapes' colours. A backbone trained on it draws, for an explicit prompt, the
+#: stated colour binding or the swapped one, the noise deciding; colours show early in a preview, and
+#: where the user fixed no positions, a controller can re-bind the kinds to the colours it sees.
+CAPTION_MIXES["leaky"] = {"full": 0.65, "swapped": 0.35}
