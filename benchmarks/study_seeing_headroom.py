@@ -12,7 +12,8 @@ steps, CFG 4), every image scored against the *user's* prompt:
   (:class:`~promptloop.hook.PromptLoopHook`, sync) at the ``--refine`` steps, reading the
   ``--preview`` decoder's preview at ``--preview-size`` px with the world's scene analysis;
 * ``hindsight best-of-K``: at the first ``--refine`` step, each of K candidate rewrites
-  (:func:`~...controllers.candidate_rewrites`) in turn, and per image the one whose final image
+  (:func:`~...controllers.candidate_rewrites`; :func:`~...controllers.rebind_candidates` when the
+  first variant re-binds) in turn, and per image the one whose final image
   scores best (a ceiling: it knows the final reward);
 * with ``--probe-add``, a diagnostic of whether a shape named only from step k on still gets drawn:
   the explicit prompt without its last shape until step k, then the full prompt with that shape
@@ -87,6 +88,7 @@ def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], 
         OneShotRule,
         PreviewRule,
         candidate_rewrites,
+        rebind_candidates,
     )
     from promptloop.worlds.shapes.grammar import explicit_caption, parse_prompt
     from promptloop.worlds.shapes.rewrite import explicit_shapes
@@ -123,7 +125,10 @@ def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], 
             info["changed"][label] = info["changed"].get(label, 0) + sum(c.changed for c in rule.log)
         if k:
             t0 = time.perf_counter()
-            cands = {p: candidate_rewrites(p, k) for p in oneshot}
+            if parse_variant(variants[0])[2]:  # a re-binding rule: the ceiling over bindings
+                cands = {p: rebind_candidates(u, k) for p, u in zip(oneshot, users)}
+            else:
+                cands = {p: candidate_rewrites(p, k) for p in oneshot}
             per_k = []
             for j in range(k):
                 policy = _static(lambda obs, j=j, cands=cands: cands[obs.original_prompt][j], f"candidate-{j}")

@@ -216,6 +216,27 @@ def candidate_rewrites(prompt: str, k: int = 6) -> list[str]:
     return out[:k]
 
 
+def rebind_candidates(user: str, k: int = 4) -> list[str]:
+    """``k`` rewrites of the user's prompt for the hindsight ceiling of a leaky backbone: the explicit
+    rewrite, then the same shapes with the cells of the unplaced ones permuted (every binding
+    :func:`rebind_cells` could choose), then :func:`candidate_rewrites` to fill up to ``k``."""
+    try:
+        spec = parse_prompt(user)
+    except ParseError:
+        return [user] * k
+    shapes = _shapes_of(spec)
+    related = {i for a, _, b in spec.relations for i in (a, b)}
+    free = [i for i, m in enumerate(spec.mentions) if m.cell is None and i not in related]
+    out = [explicit_caption(shapes)]
+    for order in itertools.permutations([shapes[i].cell for i in free]):
+        moved = list(shapes)
+        for i, c in zip(free, order):
+            moved[i] = Shape(shapes[i].color, shapes[i].kind, shapes[i].size, c)
+        out.append(explicit_caption(moved))
+    out = list(dict.fromkeys(out + candidate_rewrites(out[0], k)))
+    return out[:k]
+
+
 def oneshot_rule(backbone: str = "backbone-e") -> OneShotRule:
     """The ``oneshot_rule`` controller for a shipped backbone."""
     return OneShotRule.for_backbone(backbone)
@@ -227,4 +248,4 @@ def preview_rule(backbone: str = "backbone-e", **options) -> PreviewRule:
 
 
 __all__ = ["BACKBONE_INPUT", "Correction", "OneShotRule", "PreviewRule", "candidate_rewrites", "oneshot_rewrite_for",
-           "oneshot_rule", "preview_rule", "rebind_cells", "restate", "unseen_mentions"]
+           "oneshot_rule", "preview_rule", "rebind_candidates", "rebind_cells", "restate", "unseen_mentions"]
