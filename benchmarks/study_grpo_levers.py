@@ -6,7 +6,8 @@ from the shipped SFT start, at the same image budget and the same seeds.
 
 Arms (``ARMS``): ``off``; ``dynamic_sampling`` (``max_resample_batches: 2``); ``credit:
 refinement``; ``loss_type: raft`` with 2 prompts x 8 rollouts (a unique best of 8 is less rare than
-of 4; the same 16 images a step). Every run is ``grpo_shapes.yaml`` with ``backbone-c``,
+of 4; the same 16 images a step); ``replay`` (one prompt of four from the buffer of prompts whose
+group mean reward was below 0.8). Every run is ``grpo_shapes.yaml`` with ``backbone-c``,
 ``share_noise: true``, 4 prompts x 4 rollouts unless the arm says otherwise, and stops when its
 summed ``train/images`` reaches ``--images`` (dynamic sampling spends more images a step, so it
 takes fewer steps). The held-out evaluation (``shapes-heldout:32``, greedy, ``evenly:2``, latents
@@ -64,6 +65,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "dynamic_sampling": {"dynamic_sampling": True, "max_resample_batches": 2},
     "credit_refinement": {"credit": "refinement"},
     "raft": {"loss_type": "raft", "per_device_prompts": 2, "num_generations": 8},
+    "replay": {"replay_fraction": 0.25, "replay_threshold": 0.8},
 }
 START = "start"
 
@@ -281,7 +283,7 @@ def plot(runs: dict[str, dict[int, dict]], arms: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
-    colors = dict(zip(arms, ("tab:gray", "tab:blue", "tab:orange", "tab:green", "tab:red")))
+    colors = dict(zip(arms, ("black", "tab:blue", "tab:orange", "tab:green", "tab:purple")))
     for arm in arms:
         if not runs[arm]:
             continue
