@@ -182,3 +182,15 @@ def test_preview_rule_rebinds_unplaced_shapes_to_the_colours_the_preview_shows()
                                                         preview=render_scene(leaked, jitter=False))])[0].text
     assert {s.cell for s in _shapes(parse_prompt(text))} == {r.cell, b.cell}
     assert [s.cell for s in _shapes(parse_prompt(text)) if s.color == "red"] == [r.cell]
+
+
+def test_rebind_candidates_are_every_binding_of_the_unplaced_shapes_and_exactly_k():
+    from promptloop.worlds.shapes.controllers import rebind_candidates
+
+    user = "a red circle and a blue square"
+    cands = rebind_candidates(user, 4)
+    assert len(cands) == 4 and cands[0] == OneShotRule().rewrite(Observation(user, user, -1, 20))
+    cells = {tuple(s.cell for s in _shapes(parse_prompt(c)) if s.color == "red") for c in cands[:2]}
+    assert len(cells) == 2  # the red circle in each of the two cells
+    for prompt in training_prompts(24):  # one-shape prompts have fewer distinct rewrites: still k
+        assert len(rebind_candidates(prompt, 6)) == 6

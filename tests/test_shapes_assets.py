@@ -47,6 +47,21 @@ def test_backbone_reaches_its_recorded_heldout_reward(name):
     assert measured["mean"] > 0.3
 
 
+def test_backbone_e_reproduces_its_recorded_seeing_headroom():
+    """Backbone E (docs/seeing.md) records ``oneshot_rule`` and ``preview_rule`` on the tests' set;
+    both, and their difference, are re-measured through the real loop."""
+    from promptloop.worlds.shapes.backbone import load_backbone
+    from promptloop.worlds.shapes.controllers import headroom_test
+
+    recorded = _info("backbone-e")["headroom_test_set"]
+    settings = dict(recorded["settings"])
+    measured = headroom_test(load_backbone("backbone-e"), settings.pop("step"), **settings)
+    for row in ("oneshot_rule", "preview_rule"):
+        assert measured[row]["mean"] == pytest.approx(recorded[row]["mean"], abs=BACKBONE_TOLERANCE), (row, measured)
+    assert measured["delta"] == pytest.approx(recorded["delta"], abs=BACKBONE_TOLERANCE)
+    assert measured["changed"] > 0  # the preview did show errors and the rule acted on them
+
+
 def test_policy_restates_heldout_prompts_at_its_recorded_rate():
     from promptloop.policies import SamplingConfig, TransformersPolicy
     from promptloop.worlds.shapes.demo import policy_path

@@ -4,7 +4,9 @@
     python -m promptloop.training.shapes.evaluate --policy promptloop/assets/shapesworld/policy-sft
 
 Backbones: per-attribute exact reward on held-out prompts (``heldout``: REPORT_SET; ``test_set``:
-the small set the tests re-measure), per prompt style too. Policies: held-out naming accuracy and
+the small set the tests re-measure), per prompt style too; with ``--headroom STEP`` also
+``oneshot_rule`` and ``preview_rule`` refining at STEP on the tests' small set (``headroom_test_set``,
+docs/seeing.md). Policies: held-out naming accuracy and
 restatement rates (``heldout``) and the tests' small set (``test_set``).
 """
 
@@ -40,6 +42,15 @@ def backbone(path: Path, n: int | None = None) -> dict:
                    test_set=test_set, test_set_settings=TEST_SET, eval_seconds=round(time.time() - t0, 1))
 
 
+def headroom(path: Path, step: int) -> dict:
+    """``oneshot_rule`` and ``preview_rule`` (refining at ``step``) on :data:`TEST_SET`, and their difference."""
+    from promptloop.worlds.shapes.backbone import load_backbone
+    from promptloop.worlds.shapes.controllers import headroom_test
+
+    figures = headroom_test(load_backbone(str(path)), step, **TEST_SET)
+    return _update(path, headroom_test_set=figures)
+
+
 def policy(path: Path, n: int = 96) -> dict:
     from promptloop.policies import SamplingConfig, TransformersPolicy
     from promptloop.worlds.shapes.tasks import POLICY_TEST_N, evaluate_policy
@@ -54,9 +65,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--backbone", type=Path, action="append", default=[])
     p.add_argument("--policy", type=Path, action="append", default=[])
     p.add_argument("--n", type=int, default=None, help="held-out prompts (default: REPORT_SET / 96)")
+    p.add_argument("--headroom", type=int, default=None, metavar="STEP",
+                   help="also record oneshot_rule and preview_rule (refining at STEP) on the tests' set")
     args = p.parse_args(argv)
     for path in args.backbone:
         info = backbone(path, args.n)
+        if args.headroom is not None:
+            info = headroom(path, args.headroom)
+            print(path, json.dumps(info["headroom_test_set"], indent=2))
         print(path, json.dumps({k: info[k] for k in ("heldout", "heldout_by_style", "test_set")}, indent=2))
     for path in args.policy:
         info = policy(path, args.n or 96)

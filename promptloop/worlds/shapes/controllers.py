@@ -234,7 +234,27 @@ def rebind_candidates(user: str, k: int = 4) -> list[str]:
             moved[i] = Shape(shapes[i].color, shapes[i].kind, shapes[i].size, c)
         out.append(explicit_caption(moved))
     out = list(dict.fromkeys(out + candidate_rewrites(out[0], k)))
-    return out[:k]
+    return (out * k)[:k]  # exactly k, repeating when a prompt has fewer distinct rewrites
+
+
+def headroom_test(pipe, step: int, *, n: int = 16, seed: int = 0, steps: int = 20, guidance: float = 4.0,
+                  style: str = "explicit") -> dict:
+    """``oneshot_rule`` and ``preview_rule`` (one refinement after ``step``) on ``n`` held-out prompts
+    of a ShapesWorld ``pipe`` (the loop as :func:`~.evaluation.generate` runs it, the same noise for
+    both), with the mean difference: the figures a shipped backbone records and the tests re-measure."""
+    from promptloop.oneshot import oneshot_rewrite
+    from promptloop.worlds.shapes.evaluation import generate, heldout_prompts, summarize
+
+    users = [q for _, q in heldout_prompts(n)]
+    _, oneshot = oneshot_rewrite(OneShotRule(style), users, steps)
+    rule = PreviewRule(style)
+    _, first = oneshot_rewrite(rule, users, steps)
+    kwargs = {"seed": seed, "steps": steps, "guidance": guidance}
+    base = summarize(generate(pipe, oneshot, **kwargs), users)
+    seen = summarize(generate(pipe, first, policy=rule, schedule=[step], **kwargs), users)
+    return {"settings": {"n": n, "seed": seed, "steps": steps, "guidance": guidance, "step": step},
+            "oneshot_rule": base, "preview_rule": seen, "delta": round(seen["mean"] - base["mean"], 4),
+            "changed": sum(c.changed for c in rule.log)}
 
 
 def oneshot_rule(backbone: str = "backbone-e") -> OneShotRule:
@@ -247,5 +267,5 @@ def preview_rule(backbone: str = "backbone-e", **options) -> PreviewRule:
     return PreviewRule(BACKBONE_INPUT.get(backbone, "explicit"), **options)
 
 
-__all__ = ["BACKBONE_INPUT", "Correction", "OneShotRule", "PreviewRule", "candidate_rewrites", "oneshot_rewrite_for",
+__all__ = ["BACKBONE_INPUT", "Correction", "OneShotRule", "PreviewRule", "candidate_rewrites", "headroom_test", "oneshot_rewrite_for",
            "oneshot_rule", "preview_rule", "rebind_candidates", "rebind_cells", "restate", "unseen_mentions"]

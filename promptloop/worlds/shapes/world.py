@@ -19,7 +19,7 @@ from promptloop.worlds.shapes.evaluation import STEPWISE_SCHEDULE
 ASSETS = package_assets("promptloop", "assets", "shapesworld")
 #: Shipped backbones: A and B trained on every phrasing ("mixed" captions), C and D on 95 %
 #: descriptive ``full`` captions (docs/shapesworld.md).
-BACKBONES: tuple[str, ...] = ("backbone-a", "backbone-b", "backbone-c", "backbone-d")
+BACKBONES: tuple[str, ...] = ("backbone-a", "backbone-b", "backbone-c", "backbone-d", "backbone-e")
 #: Sampling settings the shipped backbones were evaluated with.
 DEFAULT_STEPS = 20
 DEFAULT_GUIDANCE = 4.0
