@@ -75,7 +75,7 @@ def test_caption_mixes_draw_styles_at_their_weights():
     assert 0.93 < drawn["full"] / 2000 < 0.97  # descriptive: 95 % full captions
     drawn = Counter(by_style[random_caption(scene, rng)] for _ in range(2000))
     assert 0.2 < drawn["terse"] / 2000 < 0.3  # the default mix: a quarter terse
-    assert set(CAPTION_MIXES) == {"mixed", "descriptive", "phantom"}
+    assert set(CAPTION_MIXES) == {"mixed", "descriptive", "phantom", "phantom-heavy", "leaky"}
 
 
 @pytest.mark.parametrize("style", STYLES)
