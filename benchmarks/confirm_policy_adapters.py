@@ -32,17 +32,15 @@ def _adapter(path: Path) -> Path:
     return path / "adapter" if (path / "adapter").is_dir() else path
 
 
-def evaluate(backbone: str, sft: Path, adapter: Path | None, users: list[str], seeds: list[int]) -> list[dict]:
+def evaluate(pipe, sft: Path, adapter: Path | None, users: list[str], seeds: list[int]) -> list[dict]:
     """Per-image exact reward, fidelity and degeneracy of the SFT start (+ ``adapter``), step-wise."""
     from study_grpo_tiny import degenerate
 
     from promptloop.policies import SamplingConfig, TransformersPolicy
     from promptloop.rollout import image_seed, sample
-    from promptloop.worlds.shapes.backbone import load_backbone
     from promptloop.worlds.shapes.evaluation import STEERING, STEPWISE_SCHEDULE
     from promptloop.worlds.shapes.reward import fidelity, score_image
 
-    pipe = load_backbone(backbone)
     policy = TransformersPolicy.from_pretrained(sft, adapter=adapter, device="cpu", dtype="float32",
                                                 sampling=SamplingConfig(max_new_tokens=64))
     rows = []
@@ -72,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from promptloop.evaluation import t_interval
+    from promptloop.worlds.shapes.backbone import load_backbone
     from promptloop.worlds.shapes.demo import policy_path
     from promptloop.worlds.shapes.evaluation import heldout_prompts
 
@@ -79,9 +78,10 @@ def main(argv: list[str] | None = None) -> None:
     sft = args.sft or policy_path()
     users = [q for _, q in heldout_prompts(args.n, offset=args.offset)]
     t0 = time.perf_counter()
-    results = {"sft": evaluate(args.backbone, sft, None, users, args.seeds)}
+    pipe = load_backbone(args.backbone)  # once: every policy steers the same frozen backbone
+    results = {"sft": evaluate(pipe, sft, None, users, args.seeds)}
     for run in args.runs:
-        results[str(run)] = evaluate(args.backbone, sft, _adapter(run), users, args.seeds)
+        results[str(run)] = evaluate(pipe, sft, _adapter(run), users, args.seeds)
     base = [r["reward"] for r in results["sft"]]
 
     def half(iv) -> float:

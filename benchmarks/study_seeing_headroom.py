@@ -104,6 +104,8 @@ def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], 
         rows.setdefault(name, []).extend(_scores(images, who or users))
         info["seconds"][name] = info["seconds"].get(name, 0.0) + time.perf_counter() - t0
 
+    first_steps, _, first_rebinds = parse_variant(variants[0])
+    first_step = first_steps[0]
     for seed in seeds:
         if alone:
             t0 = time.perf_counter()
@@ -111,7 +113,6 @@ def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], 
         t0 = time.perf_counter()
         _, oneshot = oneshot_rewrite(OneShotRule(style), users, steps)
         add("oneshot_rule", generate(pipe, oneshot, seed=seed, steps=steps, guidance=cfg), t0)
-        first_step = parse_variant(variants[0])[0][0]
         for spec in variants:
             refine, count, rebind = parse_variant(spec)
             label = variant_label(spec)
@@ -125,7 +126,7 @@ def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], 
             info["changed"][label] = info["changed"].get(label, 0) + sum(c.changed for c in rule.log)
         if k:
             t0 = time.perf_counter()
-            if parse_variant(variants[0])[2]:  # a re-binding rule: the ceiling over bindings
+            if first_rebinds:  # a re-binding rule: the ceiling over bindings
                 cands = {p: rebind_candidates(u, k) for p, u in zip(oneshot, users)}
             else:
                 cands = {p: candidate_rewrites(p, k) for p in oneshot}

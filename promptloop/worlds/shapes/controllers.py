@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from promptloop.policies.base import StaticPolicy
 from promptloop.refinement import Observation
@@ -88,33 +88,33 @@ def unseen_mentions(spec: Spec, analysis: Analysis) -> list[int]:
     return out
 
 
+def _unplaced(spec: Spec) -> list[int]:
+    """Indices of the mentions whose place the user left open (no cell, in no relation)."""
+    related = {i for a, _, b in spec.relations for i in (a, b)}
+    return [i for i, m in enumerate(spec.mentions) if m.cell is None and i not in related]
+
+
+def _moved(shapes: Sequence[Shape], indices: Sequence[int], cells: Sequence[tuple[int, int]]) -> list[Shape]:
+    """``shapes`` with shape ``indices[k]`` moved to ``cells[k]``."""
+    out = list(shapes)
+    for i, cell in zip(indices, cells, strict=True):
+        out[i] = replace(shapes[i], cell=cell)
+    return out
+
+
 def rebind_cells(user: Spec, shapes: Sequence[Shape], analysis: Analysis) -> list[Shape] | None:
     """``shapes`` (the explicit rewrite of ``user``) with the cells of the mentions the user left
-    unplaced (no cell, in no relation) permuted so that most of them sit where the preview shows
-    their colour; None when no permutation matches more colours than the current cells (ties keep
-    the current cells)."""
-    related = {i for a, _, b in user.relations for i in (a, b)}
-    free = [i for i, m in enumerate(user.mentions) if m.cell is None and i not in related]
+    unplaced permuted so that most of them sit where the preview shows their colour; None when no
+    permutation matches more colours than the current cells (ties keep the current cells)."""
+    free = _unplaced(user)
     if len(free) < 2:
         return None
-    seen = {d.cell: d for d in analysis.detections}
-
-    def fits(order) -> tuple[int, int]:
-        colour = sum(seen[c].color == shapes[i].color for i, c in zip(free, order) if c in seen)
-        kind = sum(seen[c].kind == shapes[i].kind for i, c in zip(free, order) if c in seen)
-        return colour, kind
-
-    cells = [shapes[i].cell for i in free]
-    best, best_fit = tuple(cells), fits(cells)
-    for order in itertools.permutations(cells):
-        if fits(order)[0] > best_fit[0]:
-            best, best_fit = order, fits(order)
-    if best == tuple(cells):
-        return None
-    out = list(shapes)
-    for i, c in zip(free, best):
-        out[i] = Shape(shapes[i].color, shapes[i].kind, shapes[i].size, c)
-    return out
+    seen = {d.cell: d.color for d in analysis.detections}
+    cells = tuple(shapes[i].cell for i in free)
+    # permutations() yields the current order first and max() keeps the first best: ties keep it
+    best = max(itertools.permutations(cells),
+               key=lambda order: sum(seen.get(c) == shapes[i].color for i, c in zip(free, order)))
+    return None if best == cells else _moved(shapes, free, best)
 
 
 @dataclass
@@ -170,11 +170,11 @@ class PreviewRule(OneShotRule):
         ``user``: the user's prompt, whose unplaced shapes a re-binding may move (default ``prompt``)."""
         try:
             shapes = _shapes_of(parse_prompt(prompt))
-            spec = parse_prompt(user if user is not None else prompt)
+            spec = parse_prompt(user if user is not None else prompt) if self.rebind else None
         except ParseError:
             return None, None
         analysis = analyse(preview, color_threshold=self.color_threshold, min_area=self.min_area)
-        if self.rebind and len(spec.mentions) == len(shapes):
+        if spec is not None and len(spec.mentions) == len(shapes):
             moved = rebind_cells(spec, shapes, analysis)
             if moved is not None:
                 text = explicit_caption(moved)
@@ -225,14 +225,10 @@ def rebind_candidates(user: str, k: int = 4) -> list[str]:
     except ParseError:
         return [user] * k
     shapes = _shapes_of(spec)
-    related = {i for a, _, b in spec.relations for i in (a, b)}
-    free = [i for i, m in enumerate(spec.mentions) if m.cell is None and i not in related]
+    free = _unplaced(spec)
     out = [explicit_caption(shapes)]
-    for order in itertools.permutations([shapes[i].cell for i in free]):
-        moved = list(shapes)
-        for i, c in zip(free, order):
-            moved[i] = Shape(shapes[i].color, shapes[i].kind, shapes[i].size, c)
-        out.append(explicit_caption(moved))
+    out += [explicit_caption(_moved(shapes, free, order))
+            for order in itertools.permutations([shapes[i].cell for i in free])]
     out = list(dict.fromkeys(out + candidate_rewrites(out[0], k)))
     return (out * k)[:k]  # exactly k, repeating when a prompt has fewer distinct rewrites
 
