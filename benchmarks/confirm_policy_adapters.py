@@ -84,9 +84,6 @@ def main(argv: list[str] | None = None) -> None:
         results[str(run)] = evaluate(pipe, sft, _adapter(run), users, args.seeds)
     base = [r["reward"] for r in results["sft"]]
 
-    def half(iv) -> float:
-        return (iv.high - iv.low) / 2
-
     print(f"\n{args.backbone}, {args.n} held-out prompts (offset {args.offset}) x sampling seeds {args.seeds}, "
           f"step-wise evenly:2, greedy ({time.perf_counter() - t0:.0f} s):\n")
     print("| policy | exact reward | Δ vs SFT start (paired) | fidelity | degenerate final prompts |")
@@ -101,8 +98,8 @@ def main(argv: list[str] | None = None) -> None:
         else:
             d = t_interval([r["reward"] - b for r, b in zip(rows, base, strict=True)])
             deltas.append(d.mean)
-            delta = f"{d.mean:+.3f} ± {half(d):.3f}"
-        print(f"| {name} | {rew.mean:.3f} ± {half(rew):.3f} | {delta} | {fid:.3f} | {deg:.1%} |")
+            delta = f"{d.mean:+.3f} ± {d.half_width:.3f}"
+        print(f"| {name} | {rew.mean:.3f} ± {rew.half_width:.3f} | {delta} | {fid:.3f} | {deg:.1%} |")
     if len(deltas) > 1:
         over = t_interval(deltas)
         print(f"\nover {len(deltas)} training seeds: Δ {over.mean:+.3f}, 95 % interval [{over.low:+.3f}, {over.high:+.3f}]"

@@ -158,8 +158,7 @@ def run_all(out: Path, arms: list[str], seeds: list[int], images: int, eval_ever
             if (folder / "done.json").exists():
                 continue
             if folder.exists() and not any(folder.glob("checkpoint-*")):
-                for stale in ("metrics.jsonl",):  # a run killed before its first checkpoint restarts clean
-                    (folder / stale).unlink(missing_ok=True)
+                (folder / "metrics.jsonl").unlink(missing_ok=True)  # killed before its first checkpoint: restart clean
             folder.mkdir(parents=True, exist_ok=True)
             start = time.time()
             cmd = [sys.executable, __file__, "--out", str(out), "--run", arm, str(seed),

@@ -156,10 +156,6 @@ def run(backbone: str, users: list[str], seeds: list[int], variants: list[str], 
     return rows, info
 
 
-def _half(iv) -> float:
-    return (iv.high - iv.low) / 2
-
-
 def table(rows: dict[str, list[dict]], preview: str, size: int) -> str:
     from promptloop.evaluation import t_interval
 
@@ -172,12 +168,12 @@ def table(rows: dict[str, list[dict]], preview: str, size: int) -> str:
             delta = "–"
         else:
             d = t_interval([s["mean"] - b for s, b in zip(scores, base)])
-            delta = f"{d.mean:+.3f} ± {_half(d):.3f}"
+            delta = f"{d.mean:+.3f} ± {d.half_width:.3f}"
         count = sum(s["count"] for s in scores) / len(scores)
         fid = sum(s["fidelity"] for s in scores) / len(scores)
         where = name.split("@")[1].split(" ")[0] if "@" in name else "–"
         dec = f"{preview} {size} px" if "@" in name else "–"
-        lines.append(f"| {name} | {mean.mean:.3f} ± {_half(mean):.3f} | {delta} | {count:.3f} | {fid:.3f} | {where} | {dec} |")
+        lines.append(f"| {name} | {mean.mean:.3f} ± {mean.half_width:.3f} | {delta} | {count:.3f} | {fid:.3f} | {where} | {dec} |")
     return "\n".join(lines)
 
 
