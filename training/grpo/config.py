@@ -105,6 +105,13 @@ class GRPOConfig(PreviewSettings, TrainConfig):
     #: group explores one refinement (sampled at ``temperature``; the others greedy, same noise
     #: and steps), and only that refinement's action is trained.
     credit: str = "trajectory"
+    #: Offline difficulty filtering (:mod:`promptloop.training.grpo.screening`): before the first
+    #: step, roll out the starting policy once per prompt on the first ``screen_prompts`` training
+    #: prompts (greedy, ``eval_schedule``) and train only on those whose reward is below
+    #: ``screen_threshold``; 0 trains on every prompt.
+    screen_prompts: int = 0
+    #: A screened prompt is kept (trained on) when the starting policy's reward is below this.
+    screen_threshold: float = 0.9
     #: Registry rewards scored at evaluation only, never trained on (held-out metrics that show
     #: reward hacking, e.g. ``shapes_fidelity``); logged as ``eval/metric/<name>``.
     eval_metrics: list[str] = field(default_factory=list)
@@ -115,6 +122,7 @@ class GRPOConfig(PreviewSettings, TrainConfig):
         "temperature": "> 0", "top_p": "(0, 1]", "fallback_penalty": ">= 0", "eval_temperature": ">= 0",
         "reward_tol": ">= 0", "max_resample_batches": ">= 0", "replay_fraction": "[0, 1]",
         "replay_threshold": None, "replay_buffer_size": ">= 1",
+        "screen_prompts": ">= 0", "screen_threshold": None,
     }
 
     def __post_init__(self) -> None:

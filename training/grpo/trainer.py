@@ -39,6 +39,7 @@ from promptloop.training.grpo.credit import ExploringPolicy
 from promptloop.training.grpo.loss import LossStats, best_of_group, group_advantages, grpo_loss, raft_loss
 from promptloop.training.grpo.replay import ReplayBuffer
 from promptloop.training.grpo.sampling import collect_groups, fresh_prompts
+from promptloop.training.grpo.screening import SCREEN_FILE, Screening, screen
 from promptloop.training.models import load_backbone, load_policy_model, load_prompts
 from promptloop.training.rollouts import ActionRecord, RolloutBatch, concat_groups, rollout
 from promptloop.training.runtime import Runtime, derived_seed
@@ -156,6 +157,38 @@ class GRPOTrainer:
         count = round(self.config.replay_fraction * len(prompts))
         replayed = self.replay.draw(count, derived_seed(self.config.seed, step, self.runtime.process_index, 4))
         return replayed + [p for p in prompts if p not in replayed][:len(prompts) - len(replayed)]
+
+    def screened_prompts(self) -> list[str]:
+        """``screen_prompts``: the training prompts the starting policy gets wrong. The main process
+        screens (once per run: a resumed run reads ``OUTPUT_DIR/screened_prompts.json``)."""
+        c = self.config
+        path = self.runtime.output_dir / SCREEN_FILE
+        if not path.exists():
+            if self.runtime.is_main:
+                seed = derived_seed(c.seed, 20_000)
+                cpu = time.process_time()
+
+                def rewards(batch: list[str], start: int) -> list[float]:
+                    rolled = self._rollout(batch, derived_seed(seed, start), schedule=c.eval_schedule,
+                                           temperature=0.0, num_generations=1)
+                    return rolled.penalised_rewards(c.fallback_penalty)
+
+                result = screen(self.train_prompts[:c.screen_prompts], rewards, c.screen_threshold)
+                result.save(path)
+                self.runtime.log({"screen/prompts": float(len(result.prompts)),
+                                  "screen/kept": float(len(result.kept)),
+                                  "screen/reward": sum(result.rewards) / len(result.rewards),
+                                  "screen/images": float(len(result.prompts)),
+                                  "screen/cpu_s": time.process_time() - cpu}, 0)
+            self.runtime.wait()
+        result = Screening.load(path)
+        kept = result.kept
+        if not kept:
+            raise ValueError(f"screen_prompts: the starting policy scores at least {c.screen_threshold} on all "
+                             f"{len(result.prompts)} screened prompts; raise screen_threshold or screen more prompts")
+        logger.info("screening kept %d of %d training prompts (reward below %s)", len(kept), len(result.prompts),
+                    c.screen_threshold)
+        return kept
 
     # -- rollouts ---------------------------------------------------------------------------
     def _rollout(self, prompts: Sequence[str], seed: int, *, schedule: str, temperature: float,
@@ -429,6 +462,8 @@ class GRPOTrainer:
         if checkpoint is not None:
             self.resume(checkpoint)
             logger.info("resumed from %s at step %d", checkpoint, self.step)
+        if c.screen_prompts:
+            self.train_prompts = self.screened_prompts()
         if c.eval_on_start and self.step == 0 and c.eval_steps >= 0:
             self.evaluate(0)
         bar = self.runtime.progress(c.max_steps, initial=self.step, desc="grpo")
