@@ -5,8 +5,8 @@
 Each ``RUN`` is a GRPO output folder (its ``adapter/``) or an adapter folder; one per training seed.
 The held-out set is :func:`~promptloop.worlds.shapes.evaluation.heldout_prompts` at ``--offset``
 (default 1000: scenes disjoint from the first held-out prompts, which training-time evaluations and
-lever studies watch, so the recipe was not chosen on these), step-wise at ``evenly:2`` in sync mode
-with 112 px VAE previews on ``--backbone`` (the experiment's loop), greedy decoding, image i of
+lever studies watch, so the recipe was not chosen on these), step-wise at ``--schedule`` (default
+``evenly:2``; ``oneshot`` for a one-shot recipe) in sync mode with 112 px VAE previews on ``--backbone`` (the experiment's loop), greedy decoding, image i of
 sampling seed s from ``image_seed(s, i)``. Every image is scored against the user's prompt.
 
 Prints, for the SFT start and each run: exact reward (± 95 % t-interval over images), held-out
@@ -32,27 +32,23 @@ def _adapter(path: Path) -> Path:
     return path / "adapter" if (path / "adapter").is_dir() else path
 
 
-def evaluate(pipe, sft: Path, adapter: Path | None, users: list[str], seeds: list[int]) -> list[dict]:
-    """Per-image exact reward, fidelity and degeneracy of the SFT start (+ ``adapter``), step-wise."""
+def evaluate(pipe, sft: Path, adapter: Path | None, users: list[str], seeds: list[int],
+             schedule: str = "evenly:2") -> list[dict]:
+    """Per-image exact reward, fidelity and degeneracy of the SFT start (+ ``adapter``) at ``schedule``."""
     from study_grpo_tiny import degenerate
 
     from promptloop.policies import SamplingConfig, TransformersPolicy
-    from promptloop.rollout import image_seed, sample
-    from promptloop.worlds.shapes.evaluation import STEERING, STEPWISE_SCHEDULE
+    from promptloop.worlds.shapes.evaluation import generate_with_finals
     from promptloop.worlds.shapes.reward import fidelity, score_image
 
     policy = TransformersPolicy.from_pretrained(sft, adapter=adapter, device="cpu", dtype="float32",
                                                 sampling=SamplingConfig(max_new_tokens=64))
     rows = []
     for seed in seeds:
-        for start in range(0, len(users), 16):
-            chunk = users[start:start + 16]
-            images, trace = sample(pipe, chunk, [image_seed(seed, start + i) for i in range(len(chunk))],
-                                   policy=policy, schedule=STEPWISE_SCHEDULE, num_inference_steps=20,
-                                   guidance_scale=4.0, height=64, width=64, **STEERING)
-            for user, image, final in zip(chunk, images, trace.final_prompts(), strict=True):
-                rows.append({"prompt": user, "final": final, "reward": score_image(image, user)["mean"],
-                             "fidelity": fidelity(image), "degenerate": degenerate(final, user)})
+        images, finals = generate_with_finals(pipe, users, seed=seed, policy=policy, schedule=schedule)
+        for user, image, final in zip(users, images, finals, strict=True):
+            rows.append({"prompt": user, "final": final, "reward": score_image(image, user)["mean"],
+                         "fidelity": fidelity(image), "degenerate": degenerate(final, user)})
     return rows
 
 
@@ -64,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--n", type=int, default=128)
     p.add_argument("--offset", type=int, default=1000)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1000], help="sampling seeds")
+    p.add_argument("--schedule", default="evenly:2", help="where the policy refines (oneshot: rewrites once, no preview)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--json", type=Path, default=None)
     args = p.parse_args(argv)
@@ -79,13 +76,13 @@ def main(argv: list[str] | None = None) -> None:
     users = [q for _, q in heldout_prompts(args.n, offset=args.offset)]
     t0 = time.perf_counter()
     pipe = load_backbone(args.backbone)  # once: every policy steers the same frozen backbone
-    results = {"sft": evaluate(pipe, sft, None, users, args.seeds)}
+    results = {"sft": evaluate(pipe, sft, None, users, args.seeds, args.schedule)}
     for run in args.runs:
-        results[str(run)] = evaluate(pipe, sft, _adapter(run), users, args.seeds)
+        results[str(run)] = evaluate(pipe, sft, _adapter(run), users, args.seeds, args.schedule)
     base = [r["reward"] for r in results["sft"]]
 
     print(f"\n{args.backbone}, {args.n} held-out prompts (offset {args.offset}) x sampling seeds {args.seeds}, "
-          f"step-wise evenly:2, greedy ({time.perf_counter() - t0:.0f} s):\n")
+          f"{args.schedule}, greedy ({time.perf_counter() - t0:.0f} s):\n")
     print("| policy | exact reward | Δ vs SFT start (paired) | fidelity | degenerate final prompts |")
     print("| --- | ---: | ---: | ---: | ---: |")
     deltas = []

@@ -7,7 +7,10 @@ from the shipped SFT start, at the same image budget and the same seeds.
 Arms (``ARMS``): ``off``; ``dynamic_sampling`` (``max_resample_batches: 2``); ``credit:
 refinement``; ``loss_type: raft`` with 2 prompts x 8 rollouts (a unique best of 8 is less rare than
 of 4; the same 16 images a step); ``replay`` (one prompt of four from the buffer of prompts whose
-group mean reward was below 0.8). Every run is ``grpo_shapes.yaml`` with ``backbone-c``,
+group mean reward was below 0.8); ``screened``, the recipe built after those five: offline difficulty
+filtering of the first 1,024 training prompts (``screen_prompts``, their images reported beside the
+budget), the inference schedule ``evenly:2``, unscaled advantages, dynamic sampling of groups whose
+reward std reaches 0.02, 8 prompts x 8 rollouts a step. Every run is ``grpo_shapes.yaml`` with ``backbone-c``,
 ``share_noise: true``, 4 prompts x 4 rollouts unless the arm says otherwise, and stops when its
 summed ``train/images`` reaches ``--images`` (dynamic sampling spends more images a step, so it
 takes fewer steps). The held-out evaluation (``shapes-heldout:32``, greedy, ``evenly:2``, latents
@@ -66,8 +69,23 @@ ARMS: dict[str, dict[str, Any]] = {
     "credit_refinement": {"credit": "refinement"},
     "raft": {"loss_type": "raft", "per_device_prompts": 2, "num_generations": 8},
     "replay": {"replay_fraction": 0.25, "replay_threshold": 0.8},
+    # The recipe after the study above: screened prompts, the inference schedule, unscaled advantages,
+    # groups with a real spread, 8 prompts x 8 rollouts a step.
+    "screened": {"prompts": "shapes:1024", "screen_prompts": 1024, "screen_threshold": 0.9, "schedule": "evenly:2",
+                 "scale_rewards": "none", "dynamic_sampling": True, "max_resample_batches": 1, "reward_tol": 0.02,
+                 "per_device_prompts": 8, "num_generations": 8},
 }
+#: One-shot: the policy rewrites each prompt once before sampling, and is evaluated that way.
+ONESHOT = {"schedule": "oneshot", "eval_schedule": "oneshot"}
+ARMS["screened_oneshot"] = {**ARMS["screened"], **ONESHOT}
 START = "start"
+#: Evaluation-only runs: the SFT start under the loop an arm is evaluated with (the arm's step 0).
+STARTS: dict[str, dict[str, Any]] = {START: {}, "start_oneshot": ONESHOT}
+
+
+def start_of(arm: str) -> str:
+    """The start run an arm is paired with: the one evaluated at the arm's ``eval_schedule``."""
+    return "start_oneshot" if ARMS.get(arm, {}).get("eval_schedule") == "oneshot" else START
 
 
 def run_dir(out: Path, arm: str, seed: int) -> Path:
@@ -130,11 +148,11 @@ def run_one(out: Path, arm: str, seed: int, images: int, eval_every: int) -> Non
             return metrics
 
     folder = run_dir(out, arm, seed)
-    overrides = {**BASE, **ARMS.get(arm, {}), "seed": seed, "output_dir": str(folder),
+    overrides = {**BASE, **ARMS.get(arm, STARTS.get(arm, {})), "seed": seed, "output_dir": str(folder),
                  "max_steps": max(1, math.ceil(images / 16)) * 4, "resume_from_checkpoint": "latest"}
     config = load_config(GRPOConfig, ROOT / CONFIG, overrides, check_inputs=True)
     trainer = StudyTrainer(config)
-    if arm == START:
+    if arm in STARTS:
         trainer.evaluate(0)
         trainer.runtime.close()
     else:
@@ -153,7 +171,7 @@ def run_all(out: Path, arms: list[str], seeds: list[int], images: int, eval_ever
     """Every seed's start evaluation and arms, seed by seed, each in a fresh 1-thread process."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     for seed in seeds:
-        for arm in [START, *arms]:
+        for arm in [*dict.fromkeys([START, *map(start_of, arms)]), *arms]:
             folder = run_dir(out, arm, seed)
             if (folder / "done.json").exists():
                 continue
@@ -199,7 +217,9 @@ def load_run(folder: Path) -> dict[str, Any] | None:
     prompts = [json.loads(line) for line in (folder / "eval" / f"step-{final_step}.jsonl").read_text().splitlines()]
     return {
         "steps": len(train), "images": images, "train_curve": curve, "heldout": heldout,
-        "train_cpu_s": sum(r.get("study/cpu_s", 0.0) for r in train),
+        "screen_images": sum(r["screen/images"] for r in dedupe(rows, "screen/images")),
+        "train_cpu_s": sum(r.get("study/cpu_s", 0.0) for r in train)
+        + sum(r["screen/cpu_s"] for r in dedupe(rows, "screen/cpu_s")),
         "eval_cpu_s": sum(marks[s].get("study/cpu_s", 0.0) for s in marks),
         "exact": heldout[-1][1], "fidelity": heldout[-1][2],
         "degenerate": statistics.fmean(p["degenerate"] for p in prompts), "num_prompts": len(prompts),
@@ -227,21 +247,25 @@ def fmt_diff(iv: Interval) -> str:
 def summarize(out: Path, arms: list[str], seeds: list[int]) -> tuple[str, dict[str, dict[int, dict]]]:
     """The markdown table and the loaded runs ``{arm: {seed: run}}`` (``start`` included)."""
     runs: dict[str, dict[int, dict]] = {}
-    for arm in [START, *arms]:
+    starts = list(dict.fromkeys([START, *map(start_of, arms)]))
+    for arm in [*starts, *arms]:
         runs[arm] = {s: r for s in seeds if (r := load_run(run_dir(out, arm, s))) is not None}
-    start = runs[START]
     lines = [
         "| arm | seeds | steps | images | CPU s (train + eval) | held-out exact | Δ vs SFT start, per seed | Δ mean ± 95 % [interval] | fidelity (Δ) | degenerate final prompts |",
         "| --- | ---: | ---: | ---: | ---: | --- | --- | --- | --- | ---: |",
     ]
-    if start:
+    for name in starts:
+        start = runs[name]
+        if not start:
+            continue
         exact = t_interval([r["exact"] for r in start.values()])
         fid = statistics.fmean(r["fidelity"] for r in start.values())
         deg = statistics.fmean(r["degenerate"] for r in start.values())
-        lines.append(f"| SFT start | {len(start)} | 0 | 0 | {statistics.fmean(r['eval_cpu_s'] for r in start.values()):.0f} "
+        label = "SFT start" + (" (one-shot)" if name != START else "")
+        lines.append(f"| {label} | {len(start)} | 0 | 0 | {statistics.fmean(r['eval_cpu_s'] for r in start.values()):.0f} "
                      f"(eval) | {fmt(exact)} | | | {fid:.3f} | {deg:.1%} |")
     for arm in arms:
-        done = runs[arm]
+        done, start = runs[arm], runs[start_of(arm)]
         if not done:
             lines.append(f"| {arm} | 0 | | | | (not run) | | | | |")
             continue
@@ -250,9 +274,11 @@ def summarize(out: Path, arms: list[str], seeds: list[int]) -> tuple[str, dict[s
         _, fdiff = paired({s: r["fidelity"] for s, r in done.items()}, {s: r["fidelity"] for s, r in start.items()})
         per_seed = ", ".join(f"{d:+.3f}" for d in diffs.values())
         fid = statistics.fmean(r["fidelity"] for r in done.values())
+        screen = statistics.fmean(r.get("screen_images", 0.0) for r in done.values())
+        screened = f" + {screen:.0f} screened" if screen else ""
         lines.append(
             f"| {arm} | {len(done)} | {statistics.fmean(r['steps'] for r in done.values()):.0f} "
-            f"| {statistics.fmean(r['images'] for r in done.values()):.0f} "
+            f"| {statistics.fmean(r['images'] for r in done.values()):.0f}{screened} "
             f"| {statistics.fmean(r['train_cpu_s'] for r in done.values()):.0f} + "
             f"{statistics.fmean(r['eval_cpu_s'] for r in done.values()):.0f} "
             f"| {fmt(exact)} | {per_seed} | {fmt_diff(diff) if diffs else ''} "
@@ -282,7 +308,7 @@ def plot(runs: dict[str, dict[int, dict]], arms: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.4), dpi=80)
-    colors = dict(zip(arms, ("black", "tab:blue", "tab:orange", "tab:green", "tab:purple")))
+    colors = dict(zip(arms, ("black", "tab:blue", "tab:orange", "tab:green", "tab:purple", "tab:red", "tab:brown")))
     for arm in arms:
         if not runs[arm]:
             continue
@@ -290,7 +316,7 @@ def plot(runs: dict[str, dict[int, dict]], arms: list[str], path: Path) -> None:
         for seed, run in sorted(runs[arm].items()):
             ys = [y for _, y in run["train_curve"]]
             train.append([(x, statistics.fmean(ys[max(0, k - 4):k + 1])) for k, (x, _) in enumerate(run["train_curve"])])
-            start = runs[START].get(seed)
+            start = runs[start_of(arm)].get(seed)
             held.append(([(0.0, start["exact"])] if start else []) + [(x, e) for x, e, _ in run["heldout"]])
         for ax, curves in ((ax1, train), (ax2, held)):
             for c in curves:

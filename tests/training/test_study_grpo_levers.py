@@ -58,7 +58,20 @@ def test_load_run_sums_images_and_keeps_a_resumed_runs_last_rows(tmp_path):
     assert run["heldout"] == [(40.0, 0.91, 0.94), (56.0, 0.93, 0.95)]
     assert (run["exact"], run["fidelity"], run["degenerate"]) == (0.93, 0.95, 0.25)
     assert run["train_cpu_s"] == 6.0 and run["eval_cpu_s"] == 10.0
+    assert run["screen_images"] == 0.0
     assert study.load_run(tmp_path / "missing") is None
+
+
+def test_load_run_counts_the_screening_in_images_and_cpu_seconds(tmp_path):
+    _write_run(tmp_path / "run", [(16.0, 0.8)], {1: (16.0, 0.91, 0.94)}, [False])
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 0, "screen/images": 64.0, "screen/cpu_s": 7.0, "screen/kept": 9.0}) + "\n")
+    run = study.load_run(tmp_path / "run")
+    assert run["screen_images"] == 64.0 and run["images"] == 16.0 and run["train_cpu_s"] == 9.0
+    _write_run(study.run_dir(tmp_path, "start", 0), [], {0: (0.0, 0.9, 0.9)}, [False])
+    (tmp_path / "run").rename(study.run_dir(tmp_path, "screened", 0))
+    table, _ = study.summarize(tmp_path, ["screened"], [0])
+    assert "| 16 + 64 screened |" in table
 
 
 def test_summary_table_pairs_each_arm_with_the_start_of_its_seed(tmp_path):
@@ -71,3 +84,16 @@ def test_summary_table_pairs_each_arm_with_the_start_of_its_seed(tmp_path):
     assert study.fmt_diff(study.paired({0: 0.92, 1: 0.90, 2: 0.95}, {0: 0.90, 1: 0.91, 2: 0.92})[1]) in row
     assert "| raft | 0 |" in table and "(not run)" in table
     assert set(runs["off"]) == {0, 1, 2} and runs["raft"] == {}
+
+
+def test_a_one_shot_arm_is_paired_with_the_start_evaluated_one_shot(tmp_path):
+    assert study.start_of("screened_oneshot") == "start_oneshot" and study.start_of("screened") == study.START
+    assert study.ARMS["screened_oneshot"]["eval_schedule"] == study.STARTS["start_oneshot"]["eval_schedule"] == "oneshot"
+    for seed in (0, 1):
+        _write_run(study.run_dir(tmp_path, "start", seed), [], {0: (0.0, 0.90, 0.9)}, [False])
+        _write_run(study.run_dir(tmp_path, "start_oneshot", seed), [], {0: (0.0, 0.80, 0.9)}, [True])
+        _write_run(study.run_dir(tmp_path, "screened_oneshot", seed), [(64.0, 0.9)], {1: (64.0, 0.85, 0.9)}, [False])
+    table, _ = study.summarize(tmp_path, ["screened_oneshot"], [0, 1])
+    row = next(line for line in table.splitlines() if line.startswith("| screened_oneshot |"))
+    assert "+0.050, +0.050" in row  # against the one-shot start (0.80), not the step-wise one (0.90)
+    assert "| SFT start (one-shot) | 2 |" in table and "| SFT start | 2 |" in table

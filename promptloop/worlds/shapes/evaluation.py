@@ -69,15 +69,26 @@ def generate(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int = 20, gu
     """Images of ``prompts`` from a ShapesWorld pipeline, steered by ``policy`` when given
     (:data:`STEERING`, refining at ``schedule``); image i uses noise seed ``image_seed(seed, i)``
     (:mod:`promptloop.rollout`: ``i`` for seed 0), in batches of ``batch_size``."""
+    return generate_with_finals(pipe, prompts, seed=seed, steps=steps, guidance=guidance, batch_size=batch_size,
+                                policy=policy, schedule=schedule)[0]
+
+
+def generate_with_finals(pipe, prompts: Sequence[str], *, seed: int = 0, steps: int = 20, guidance: float = 4.0,
+                         batch_size: int = 16, policy=None,
+                         schedule: str = STEPWISE_SCHEDULE) -> tuple[list[Image.Image], list[str]]:
+    """:func:`generate`, with each image's final prompt (the last the policy wrote, or its own)."""
     from promptloop.rollout import image_seed, sample
 
     images: list[Image.Image] = []
+    finals: list[str] = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start:start + batch_size])
-        images += sample(pipe, chunk, [image_seed(seed, start + i) for i in range(len(chunk))], policy=policy,
-                         schedule=schedule, num_inference_steps=steps, guidance_scale=guidance, height=64, width=64,
-                         **STEERING)[0]
-    return images
+        out, trace = sample(pipe, chunk, [image_seed(seed, start + i) for i in range(len(chunk))], policy=policy,
+                            schedule=schedule, num_inference_steps=steps, guidance_scale=guidance, height=64,
+                            width=64, **STEERING)
+        images += out
+        finals += trace.final_prompts()
+    return images, finals
 
 
 def evaluate_backbone(pipe, n: int = 64, *, styles: Sequence[str] = USER_STYLES, seed: int = 0,
