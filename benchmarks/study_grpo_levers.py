@@ -10,7 +10,9 @@ of 4; the same 16 images a step); ``replay`` (one prompt of four from the buffer
 group mean reward was below 0.8); ``screened``, the recipe built after those five: offline difficulty
 filtering of the first 1,024 training prompts (``screen_prompts``, their images reported beside the
 budget), the inference schedule ``evenly:2``, unscaled advantages, dynamic sampling of groups whose
-reward std reaches 0.02, 8 prompts x 8 rollouts a step. Every run is ``grpo_shapes.yaml`` with ``backbone-c``,
+reward std reaches 0.02, 8 prompts x 8 rollouts a step; ``screened_reuse4``, the same with 4 optimiser
+updates per rollout batch (``num_iterations``); ``screened_oneshot``, the same one-shot (trained and
+evaluated with ``schedule: oneshot``, paired with the SFT start evaluated one-shot, run ``start_oneshot``). Every run is ``grpo_shapes.yaml`` with ``backbone-c``,
 ``share_noise: true``, 4 prompts x 4 rollouts unless the arm says otherwise, and stops when its
 summed ``train/images`` reaches ``--images`` (dynamic sampling spends more images a step, so it
 takes fewer steps). The held-out evaluation (``shapes-heldout:32``, greedy, ``evenly:2``, latents
@@ -78,6 +80,8 @@ ARMS: dict[str, dict[str, Any]] = {
 #: One-shot: the policy rewrites each prompt once before sampling, and is evaluated that way.
 ONESHOT = {"schedule": "oneshot", "eval_schedule": "oneshot"}
 ARMS["screened_oneshot"] = {**ARMS["screened"], **ONESHOT}
+#: The screened recipe with 4 optimiser updates per rollout batch (PPO-style reuse, clipped ratio).
+ARMS["screened_reuse4"] = {**ARMS["screened"], "num_iterations": 4}
 START = "start"
 #: Evaluation-only runs: the SFT start under the loop an arm is evaluated with (the arm's step 0).
 STARTS: dict[str, dict[str, Any]] = {START: {}, "start_oneshot": ONESHOT}
