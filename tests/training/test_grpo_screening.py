@@ -85,6 +85,19 @@ def test_trainer_trains_only_on_screened_prompts_and_resumes_without_rescreening
     assert resumed.step == 3 and 1 not in rolled  # read the screening, did not roll it out again
     assert resumed.train_prompts == trainer.train_prompts
 
+    # the same folder at another threshold: the saved rewards are re-filtered, nothing rolled out
+    stricter = GRPOTrainer(small_config(tmp_path / "run", **{**kwargs, "screen_threshold": 0.1}), reward=HardReward())
+    stricter._rollout = lambda *a, **kw: pytest.fail("rolled out again")
+    with pytest.raises(ValueError, match="raise screen_threshold"):
+        stricter.screened_prompts()
+    looser = GRPOTrainer(small_config(tmp_path / "run", **{**kwargs, "screen_threshold": 1.0}), reward=HardReward())
+    looser._rollout = lambda *a, **kw: pytest.fail("rolled out again")
+    assert looser.screened_prompts() == TINY[:10]
+    # other prompts screened (a longer list): screened again
+    more = GRPOTrainer(small_config(tmp_path / "run", **{**kwargs, "screen_prompts": 12}), reward=HardReward())
+    assert more.screened_prompts() == [p for p in TINY[:12] if p in HARD]
+    assert len(json.loads((tmp_path / "run" / SCREEN_FILE).read_text())["prompts"]) == 12
+
 
 @pytest.mark.slow
 def test_screening_that_keeps_nothing_says_what_to_change(tmp_path, warm_policy_dir):

@@ -160,33 +160,34 @@ class GRPOTrainer:
 
     def screened_prompts(self) -> list[str]:
         """``screen_prompts``: the training prompts the starting policy gets wrong. The main process
-        screens (once per run: a resumed run reads ``OUTPUT_DIR/screened_prompts.json``)."""
+        screens once per output folder: a resumed run reads ``OUTPUT_DIR/screened_prompts.json``
+        (re-filtered at the current ``screen_threshold``; screened again only if it holds other
+        prompts)."""
         c = self.config
         path = self.runtime.output_dir / SCREEN_FILE
-        if not path.exists():
-            if self.runtime.is_main:
-                seed = derived_seed(c.seed, 20_000)
-                cpu = time.process_time()
+        candidates = self.train_prompts[:c.screen_prompts]
+        if self.runtime.is_main and not (path.exists() and Screening.load(path).prompts == candidates):
+            seed = derived_seed(c.seed, 20_000)
+            cpu = time.process_time()
 
-                def rewards(batch: list[str], start: int) -> list[float]:
-                    rolled = self._rollout(batch, derived_seed(seed, start), schedule=c.eval_schedule,
-                                           temperature=0.0, num_generations=1)
-                    return rolled.penalised_rewards(c.fallback_penalty)
+            def rewards(batch: list[str], start: int) -> list[float]:
+                rolled = self._rollout(batch, derived_seed(seed, start), schedule=c.eval_schedule,
+                                       temperature=0.0, num_generations=1)
+                return rolled.penalised_rewards(c.fallback_penalty)
 
-                result = screen(self.train_prompts[:c.screen_prompts], rewards, c.screen_threshold)
-                result.save(path)
-                self.runtime.log({"screen/prompts": float(len(result.prompts)),
-                                  "screen/kept": float(len(result.kept)),
-                                  "screen/reward": sum(result.rewards) / len(result.rewards),
-                                  "screen/images": float(len(result.prompts)),
-                                  "screen/cpu_s": time.process_time() - cpu}, 0)
-            self.runtime.wait()
-        result = Screening.load(path)
-        kept = result.kept
+            result = screen(candidates, rewards, c.screen_threshold)
+            result.save(path)
+            self.runtime.log({"screen/prompts": float(len(result.prompts)), "screen/kept": float(len(result.kept)),
+                              "screen/reward": sum(result.rewards) / len(result.rewards),
+                              "screen/images": float(len(result.prompts)),
+                              "screen/cpu_s": time.process_time() - cpu}, 0)
+        self.runtime.wait()
+        saved = Screening.load(path)
+        kept = Screening(saved.prompts, saved.rewards, c.screen_threshold).kept
         if not kept:
             raise ValueError(f"screen_prompts: the starting policy scores at least {c.screen_threshold} on all "
-                             f"{len(result.prompts)} screened prompts; raise screen_threshold or screen more prompts")
-        logger.info("screening kept %d of %d training prompts (reward below %s)", len(kept), len(result.prompts),
+                             f"{len(saved.prompts)} screened prompts; raise screen_threshold or screen more prompts")
+        logger.info("screening kept %d of %d training prompts (reward below %s)", len(kept), len(saved.prompts),
                     c.screen_threshold)
         return kept
 
