@@ -5,9 +5,9 @@
 Each ``RUN`` is a GRPO output folder (its ``adapter/``) or an adapter folder; one per training seed.
 The held-out set is :func:`~promptloop.worlds.shapes.evaluation.heldout_prompts` at ``--offset``
 (default 1000: scenes disjoint from the first held-out prompts, which training-time evaluations and
-lever studies watch, so the recipe was not chosen on these), step-wise at ``--schedule`` (default
-``evenly:2``; ``oneshot`` for a one-shot recipe) in sync mode with 112 px VAE previews on ``--backbone`` (the experiment's loop), greedy decoding, image i of
-sampling seed s from ``image_seed(s, i)``. Every image is scored against the user's prompt.
+lever studies watch, so the recipe was not chosen on these), at ``--schedule`` (default ``evenly:2``;
+``oneshot`` for a one-shot recipe) in sync mode with 112 px VAE previews on ``--backbone`` (the
+experiment's loop), greedy decoding, image i of sampling seed s from ``image_seed(s, i)``. Every image is scored against the user's prompt.
 
 Prints, for the SFT start and each run: exact reward (± 95 % t-interval over images), held-out
 fidelity, the share of *degenerate* final prompts (drop or change a stated shape, colour, position

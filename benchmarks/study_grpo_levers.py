@@ -12,10 +12,11 @@ filtering of the first 1,024 training prompts (``screen_prompts``, their images 
 budget), the inference schedule ``evenly:2``, unscaled advantages, dynamic sampling of groups whose
 reward std reaches 0.02, 8 prompts x 8 rollouts a step; ``screened_reuse4``, the same with 4 optimiser
 updates per rollout batch (``num_iterations``); ``screened_oneshot``, the same one-shot (trained and
-evaluated with ``schedule: oneshot``, paired with the SFT start evaluated one-shot, run ``start_oneshot``). Every run is ``grpo_shapes.yaml`` with ``backbone-c``,
-``share_noise: true``, 4 prompts x 4 rollouts unless the arm says otherwise, and stops when its
-summed ``train/images`` reaches ``--images`` (dynamic sampling spends more images a step, so it
-takes fewer steps). The held-out evaluation (``shapes-heldout:32``, greedy, ``evenly:2``, latents
+evaluated with ``schedule: oneshot``, paired with the SFT start evaluated one-shot, run
+``start_oneshot``). Every run is ``grpo_shapes.yaml`` with ``backbone-c``, ``share_noise: true``,
+4 prompts x 4 rollouts unless the arm says otherwise, and stops when its summed ``train/images``
+reaches ``--images`` (dynamic sampling spends more images a step, so it takes fewer steps). The
+held-out evaluation (``shapes-heldout:32``, greedy, ``evenly:2`` or the arm's ``eval_schedule``, latents
 fixed by the seed) runs every ``--eval-every`` images and at the end. Its latents depend on the
 seed only, so the SFT start's held-out figures are measured once per seed (run ``start``) and are
 every arm's step 0.
@@ -217,13 +218,13 @@ def load_run(folder: Path) -> dict[str, Any] | None:
     marks = {int(r["step"]): r for r in dedupe(rows, "study/images")}
     heldout = [(marks[s]["study/images"], evals[s]["eval/shapes"], evals[s]["eval/metric/shapes_fidelity"])
                for s in sorted(evals)]
+    screening = dedupe(rows, "screen/images")  # one row, at step 0, when the run screened its prompts
     final_step = max(evals)
     prompts = [json.loads(line) for line in (folder / "eval" / f"step-{final_step}.jsonl").read_text().splitlines()]
     return {
         "steps": len(train), "images": images, "train_curve": curve, "heldout": heldout,
-        "screen_images": sum(r["screen/images"] for r in dedupe(rows, "screen/images")),
-        "train_cpu_s": sum(r.get("study/cpu_s", 0.0) for r in train)
-        + sum(r["screen/cpu_s"] for r in dedupe(rows, "screen/cpu_s")),
+        "screen_images": sum(r["screen/images"] for r in screening),
+        "train_cpu_s": sum(r.get("study/cpu_s", 0.0) for r in train) + sum(r["screen/cpu_s"] for r in screening),
         "eval_cpu_s": sum(marks[s].get("study/cpu_s", 0.0) for s in marks),
         "exact": heldout[-1][1], "fidelity": heldout[-1][2],
         "degenerate": statistics.fmean(p["degenerate"] for p in prompts), "num_prompts": len(prompts),

@@ -18,7 +18,8 @@ from promptloop.worlds.shapes.evaluation import STEPWISE_SCHEDULE
 #: The shipped backbones, policy start and GRPO adapter (``promptloop/assets/shapesworld/``).
 ASSETS = package_assets("promptloop", "assets", "shapesworld")
 #: Shipped backbones: A and B trained on every phrasing ("mixed" captions), C and D on 95 %
-#: descriptive ``full`` captions (docs/shapesworld.md).
+#: descriptive ``full`` captions (docs/shapesworld.md), E on "phantom" captions that neglect
+#: later-named shapes (docs/seeing.md).
 BACKBONES: tuple[str, ...] = ("backbone-a", "backbone-b", "backbone-c", "backbone-d", "backbone-e")
 #: Sampling settings the shipped backbones were evaluated with.
 DEFAULT_STEPS = 20
