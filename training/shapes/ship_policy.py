@@ -1,14 +1,18 @@
-"""Ship the GRPO-trained ShapesWorld policy adapter of the alignment experiment.
+"""Ship a GRPO-trained ShapesWorld policy adapter (``policy-grpo``).
 
     python -m promptloop.training.shapes.ship_policy --run runs/experiment-descriptive \\
         --seed 0 --backbone backbone-c --out promptloop/assets/shapesworld/policy-grpo
+    python -m promptloop.training.shapes.ship_policy --job runs/grpo-levers/screened-seed0 \\
+        --confirm confirm.json --command "..."
 
-Copies the step-wise (c) LoRA adapter of training seed ``--seed`` (seed 0 by default: fixed before
-looking at the results, since shipping the seed that scored best on the held-out prompts would
-report a selected figure), points its config at the shipped SFT start, writes a model card, and
-records in ``training_info.json``: the training run (its settings and costs), the experiment's
-figures for (a), (a') and (c) when its ``summary.json`` is there, and the exact reward on the
-tests' fixed held-out set (:data:`~promptloop.worlds.shapes.evaluation.POLICY_TEST_SET`) of the backbone
+The source is the alignment experiment's step-wise (c) run of training seed ``--seed`` (seed 0 by
+default: fixed before looking at the results, since shipping the seed that scored best on the
+held-out prompts would report a selected figure), or any GRPO output folder given as ``--job``.
+Copies its LoRA adapter, points the adapter's config at the shipped SFT start, writes a model card,
+and records in ``training_info.json``: the training run (its settings and costs), the experiment's
+figures for (a), (a') and (c) when its ``summary.json`` is there, the fresh held-out confirmation
+(``benchmarks/confirm_policy_adapters.py --json``) when given, and the exact reward on the tests'
+fixed held-out set (:data:`~promptloop.worlds.shapes.evaluation.POLICY_TEST_SET`) of the backbone
 alone, the SFT start step-wise and the trained policy step-wise, which the tests re-measure.
 """
 
@@ -85,24 +89,64 @@ def _experiment_figures(run: Path) -> dict | None:
             "settings": {k: summary["settings"][k] for k in ("train_seeds", "grpo_steps", "eval_prompts", "eval_seeds")}}
 
 
-def ship(run: Path, seed: int, backbone: str, out: Path, sft: Path = ASSETS / "policy-sft") -> dict:
-    job = run / "train" / f"grpo-stepwise-seed{seed}"
+def job_costs(job: Path) -> dict:
+    """A GRPO run's costs: the experiment's ``costs.json``, else summed from its ``metrics.jsonl``
+    (the last row per step, since a resumed run logs its redone steps again)."""
+    if (job / "costs.json").exists():
+        return json.loads((job / "costs.json").read_text())
+    last: dict[int, dict] = {}
+    screened = 0.0
+    for line in (job / "metrics.jsonl").read_text().splitlines():
+        row = json.loads(line)
+        if "train/images" in row:
+            last[int(row["step"])] = row
+        screened = row.get("screen/images", screened)
+    return {"steps": len(last), "images": int(sum(r["train/images"] for r in last.values())),
+            "screened_images": int(screened)}
+
+
+def _confirmation(path: Path) -> dict:
+    """The per-seed paired differences of ``confirm_policy_adapters.py --json`` against the SFT start."""
+    from promptloop.evaluation import t_interval
+
+    data = json.loads(path.read_text())
+    base = data["results"].pop("sft")
+    runs = {}
+    for name, rows in data["results"].items():
+        d = t_interval([r["reward"] - b["reward"] for r, b in zip(rows, base, strict=True)])
+        runs[name] = {"delta": round(d.mean, 4), "half_width": round(d.half_width, 4),
+                      "degenerate": round(sum(r["degenerate"] for r in rows) / len(rows), 4)}
+    over = t_interval([r["delta"] for r in runs.values()])
+    return {"settings": data["args"], "sft_degenerate": round(sum(b["degenerate"] for b in base) / len(base), 4),
+            "runs": runs, "over_seeds": {"mean": round(over.mean, 4), "low": round(over.low, 4),
+                                         "high": round(over.high, 4)}}
+
+
+def ship(run: Path | None, seed: int, backbone: str, out: Path, sft: Path = ASSETS / "policy-sft", *,
+         job: Path | None = None, confirm: Path | None = None, command: str | None = None) -> dict:
+    """Copy the adapter of ``job`` (default: the experiment ``run``'s step-wise run of ``seed``) to
+    ``out`` with its model card and ``training_info.json``; returns the info."""
+    job = job or run / "train" / f"grpo-stepwise-seed{seed}"
     adapter = job / "adapter"
     if not (adapter / "adapter_config.json").exists():
-        raise FileNotFoundError(f"no trained step-wise adapter at {adapter}; run `promptloop experiment shapes` first")
+        raise FileNotFoundError(f"no trained adapter at {adapter}; train it first (`promptloop experiment shapes` "
+                                "or `promptloop train grpo`)")
+    training_config = yaml.safe_load((job / "config.yaml").read_text())
+    seed = training_config.get("seed", seed)
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(adapter / "adapter_model.safetensors", out / "adapter_model.safetensors")
     config = json.loads((adapter / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = "promptloop/assets/shapesworld/policy-sft"
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-    costs = json.loads((job / "costs.json").read_text())
+    costs = job_costs(job)
     (out / "README.md").write_text(CARD.format(r=config["r"], backbone=Path(backbone).name, seed=seed,
                                                steps=costs["steps"], images=costs["images"]))
     t0 = time.time()
     info = {"source": str(job), "seed": seed, "backbone": Path(backbone_path(backbone)).name,
-            "training_config": yaml.safe_load((job / "config.yaml").read_text()), "training_costs": costs,
-            "command": f"promptloop experiment shapes --out {run} (then this script)",
-            "experiment": _experiment_figures(run),
+            "training_config": training_config, "training_costs": costs,
+            "command": command or f"promptloop experiment shapes --out {run} (then this script)",
+            "experiment": _experiment_figures(run) if run else None,
+            "confirmation": _confirmation(confirm) if confirm else None,
             "test_set": test_set_figures(backbone, sft, out)}
     info["test_set_seconds"] = round(time.time() - t0, 1)
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -111,12 +155,17 @@ def ship(run: Path, seed: int, backbone: str, out: Path, sft: Path = ASSETS / "p
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, help="output folder of `promptloop experiment shapes`")
-    p.add_argument("--seed", type=int, default=0, help="training seed whose step-wise adapter ships")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--run", type=Path, help="output folder of `promptloop experiment shapes`")
+    source.add_argument("--job", type=Path, help="a GRPO output folder (its adapter/, config.yaml, metrics.jsonl)")
+    p.add_argument("--seed", type=int, default=0, help="with --run: training seed whose step-wise adapter ships")
+    p.add_argument("--confirm", type=Path, default=None, help="confirm_policy_adapters.py --json of the recipe")
+    p.add_argument("--command", default=None, help="how the job was trained (recorded)")
     p.add_argument("--backbone", default="backbone-c", help="backbone the policy was trained on")
     p.add_argument("--out", type=Path, default=ASSETS / "policy-grpo")
     args = p.parse_args(argv)
-    info = ship(args.run, args.seed, args.backbone, args.out)
+    info = ship(args.run, args.seed, args.backbone, args.out, job=args.job, confirm=args.confirm,
+                command=args.command)
     print(json.dumps(info["test_set"], indent=2))
 
 
