@@ -97,8 +97,9 @@ def demo(
     backbone: Annotated[str | None, typer.Option(
         help="The world's shipped backbone (default: its own; on ShapesWorld backbone-c, trained on descriptive "
              "captions; or backbone-a/-b/-d) or a folder.")] = None,
-    adapter: Annotated[str, typer.Option(help="Policy LoRA of the world: 'none' (default: the shipped policy alone), "
-                                              "a shipped one (ShapesWorld: policy-grpo) or a folder.")] = "none",
+    adapter: Annotated[str, typer.Option(help="Policy LoRA of the world: 'default' (its trained one; ShapesWorld: "
+                                              "policy-grpo), 'none' (the shipped policy alone), a shipped one or "
+                                              "a folder.")] = "default",
     size: Annotated[int, typer.Option(help="Image size in pixels (tiny models: keep it small).")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of the diffusion noise.")] = 0,
     policy_steps: Annotated[int, typer.Option(
@@ -129,7 +130,8 @@ def demo(
         chosen = get_world(world)
         if type(chosen).run_demo is World.run_demo:
             raise typer.BadParameter(f"{chosen.title} has no demo; see {chosen.docs}", param_hint="--world")
-        chosen.run_demo(out, prompts=prompt, backbone=backbone, adapter=None if adapter == "none" else adapter,
+        lora = chosen.default_adapter if adapter == "default" else None if adapter == "none" else adapter
+        chosen.run_demo(out, prompts=prompt, backbone=backbone, adapter=lora,
                         steps=steps, schedule=schedule, mode=mode, seed=seed, echo=typer.echo)
         return
     steps = steps or 20

@@ -99,17 +99,17 @@ def test_shipped_grpo_policy_beats_the_backbone_alone_by_its_recorded_margin():
     assert alone["mean"] == pytest.approx(recorded["backbone"]["mean"], abs=BACKBONE_TOLERANCE)
 
 
-def test_demo_runs_the_shipped_grpo_adapter_on_request(tmp_path):
+def test_demo_runs_the_sft_start_alone_on_request(tmp_path):
     from typer.testing import CliRunner
 
     from promptloop.cli import app
 
     out = tmp_path / "demo"
-    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--steps", "8", "--adapter", "policy-grpo",
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--steps", "8", "--adapter", "none",
                                       "--backbone", "backbone-d", "-p", "a green triangle"])
     assert result.exit_code == 0, result.output
     meta = json.loads((out / "trace.json").read_text())["meta"]
-    assert (meta["backbone"], meta["adapter"]) == ("backbone-d", "policy-grpo")
+    assert (meta["backbone"], meta["adapter"]) == ("backbone-d", None)
     assert len(meta["rewards"][0]["preview_rewards"]) == 2  # evenly:2 by default on ShapesWorld
     missing = CliRunner().invoke(app, ["demo", "--out", str(out), "--adapter", str(tmp_path / "nope")])
     assert missing.exit_code != 0 and "no ShapesWorld adapter" in str(missing.exception)
@@ -126,7 +126,7 @@ def test_demo_writes_a_trace_with_rewards(tmp_path):
                                       "-p", "two red circles and a blue square", "-p", "a green triangle"])
     assert result.exit_code == 0, result.output
     trace = json.loads((out / "trace.json").read_text())
-    assert (trace["meta"]["backbone"], trace["meta"]["adapter"]) == ("backbone-c", None)
+    assert (trace["meta"]["backbone"], trace["meta"]["adapter"]) == ("backbone-c", "policy-grpo")  # the defaults
     rewards = trace["meta"]["rewards"]
     assert [r["prompt"] for r in rewards] == ["two red circles and a blue square", "a green triangle"]
     for r in rewards:

@@ -102,6 +102,7 @@ def test_shapes_world_is_what_the_shapes_modules_say():
         assert (world.backbone_path(name) / "model_index.json").is_file()
     assert demo.policy_path() == world.policy_path() == world.assets / "policy-sft"
     assert demo.adapter_path(demo.ADAPTER) == world.adapter_path("policy-grpo")
+    assert demo.ADAPTER == world.default_adapter in world.adapters  # the demo runs the shipped GRPO LoRA
     assert set(world.metrics()) == {"shapes_color", "shapes_shape", "shapes_count", "shapes_size", "shapes_position"}
 
 

@@ -45,6 +45,8 @@ class World:
         backbones / policies / adapters: names of the shipped diffusers pipelines, policy models
             and policy LoRA adapters, each a folder of ``assets``.
         default_backbone / default_policy: what the demo and ``promptloop eval --world`` use.
+        default_adapter: the policy LoRA the demo adds by default (``--adapter none``: the policy
+            alone); ``None`` if the world ships none worth showing.
         rewards: reward-registry names the world trains on (the first is the main one).
         heldout_metrics: reward-registry names that are only ever measured (never trained on), to
             watch for reward hacking.
@@ -63,6 +65,7 @@ class World:
     adapters: tuple[str, ...] = ()
     default_backbone: str | None = None
     default_policy: str | None = None
+    default_adapter: str | None = None
     rewards: tuple[str, ...] = ()
     heldout_metrics: tuple[str, ...] = ()
     prompt_sets: tuple[str, ...] = ("train", "heldout")

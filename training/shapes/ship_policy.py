@@ -10,8 +10,8 @@ default: fixed before looking at the results, since shipping the seed that score
 held-out prompts would report a selected figure), or any GRPO output folder given as ``--job``.
 Copies its LoRA adapter, points the adapter's config at the shipped SFT start, writes a model card,
 and records in ``training_info.json``: the training run (its settings and costs), the experiment's
-figures for (a), (a') and (c) when its ``summary.json`` is there, the fresh held-out confirmation
-(``benchmarks/confirm_policy_adapters.py --json``) when given, and the exact reward on the tests'
+figures for (a), (a') and (c) when its ``summary.json`` is there, the recipe's held-out
+confirmations (``benchmarks/confirm_policy_adapters.py --json``, one per held-out set) when given, and the exact reward on the tests'
 fixed held-out set (:data:`~promptloop.worlds.shapes.evaluation.POLICY_TEST_SET`) of the backbone
 alone, the SFT start step-wise and the trained policy step-wise, which the tests re-measure.
 """
@@ -40,7 +40,7 @@ tags: [promptloop, shapesworld, grpo, lora]
 A rank-{r} LoRA of the shipped ShapesWorld SFT policy start (`policy-sft`, a tiny Qwen2-VL),
 trained with GRPO on the exact ShapesWorld reward while refining prompts of the frozen
 `{backbone}` in the loop (training seed {seed}, {steps} steps, {images} sampled images). Figures,
-command and run time: `training_info.json` and docs/experiment.md.
+command and run time: `training_info.json`, docs/training.md and docs/experiment.md.
 
 ```python
 from promptloop.policies import TransformersPolicy
@@ -123,7 +123,7 @@ def _confirmation(path: Path) -> dict:
 
 
 def ship(run: Path | None, seed: int, backbone: str, out: Path, sft: Path = ASSETS / "policy-sft", *,
-         job: Path | None = None, confirm: Path | None = None, command: str | None = None) -> dict:
+         job: Path | None = None, confirm: list[Path] = (), command: str | None = None) -> dict:
     """Copy the adapter of ``job`` (default: the experiment ``run``'s step-wise run of ``seed``) to
     ``out`` with its model card and ``training_info.json``; returns the info."""
     job = job or run / "train" / f"grpo-stepwise-seed{seed}"
@@ -146,7 +146,7 @@ def ship(run: Path | None, seed: int, backbone: str, out: Path, sft: Path = ASSE
             "training_config": training_config, "training_costs": costs,
             "command": command or f"promptloop experiment shapes --out {run} (then this script)",
             "experiment": _experiment_figures(run) if run else None,
-            "confirmation": _confirmation(confirm) if confirm else None,
+            "confirmation": [_confirmation(path) for path in confirm],
             "test_set": test_set_figures(backbone, sft, out)}
     info["test_set_seconds"] = round(time.time() - t0, 1)
     (out / "training_info.json").write_text(json.dumps(info, indent=2) + "\n")
@@ -159,7 +159,8 @@ def main(argv: list[str] | None = None) -> None:
     source.add_argument("--run", type=Path, help="output folder of `promptloop experiment shapes`")
     source.add_argument("--job", type=Path, help="a GRPO output folder (its adapter/, config.yaml, metrics.jsonl)")
     p.add_argument("--seed", type=int, default=0, help="with --run: training seed whose step-wise adapter ships")
-    p.add_argument("--confirm", type=Path, default=None, help="confirm_policy_adapters.py --json of the recipe")
+    p.add_argument("--confirm", type=Path, nargs="*", default=[],
+                   help="confirm_policy_adapters.py --json files of the recipe (one per held-out set)")
     p.add_argument("--command", default=None, help="how the job was trained (recorded)")
     p.add_argument("--backbone", default="backbone-c", help="backbone the policy was trained on")
     p.add_argument("--out", type=Path, default=ASSETS / "policy-grpo")

@@ -28,10 +28,10 @@ DEMO_PROMPTS: tuple[str, ...] = (
     "a green circle at the top left and a red triangle at the bottom right",
 )
 POLICY = WORLD.default_policy
-#: The shipped GRPO-trained LoRA of the policy start (the alignment experiment's step-wise policy,
-#: seed 0, trained on backbone C). It beats backbone C alone but not the SFT start, so the demo
-#: runs the SFT start by default (``adapter=None``); pass ``adapter=ADAPTER`` to see it.
-ADAPTER = "policy-grpo"
+#: The shipped GRPO-trained LoRA of the policy start (the screened recipe, training seed 0, on
+#: backbone C; docs/training.md). It beats the SFT start on fresh held-out prompts, so the demo
+#: runs it by default; ``adapter=None`` runs the SFT start alone.
+ADAPTER = WORLD.default_adapter
 #: The backbone the demo steers by default: trained on descriptive captions, so users' short
 #: prompts are where it is weak and the policy's explicit restatements help (docs/shapesworld.md).
 BACKBONE = WORLD.default_backbone
@@ -55,11 +55,11 @@ def _fmt(scores: dict) -> str:
 
 
 def run_demo(out: Path, *, prompts: Sequence[str] | None = None, backbone: str = BACKBONE,
-             policy: str = POLICY, adapter: str | None = None, steps: int = DEFAULT_STEPS,
+             policy: str = POLICY, adapter: str | None = ADAPTER, steps: int = DEFAULT_STEPS,
              guidance: float = DEFAULT_GUIDANCE, schedule: str = SCHEDULE, mode: str = "sync", seed: int = 0,
              echo: Callable[[str], None] = print) -> dict:
     """Run the ShapesWorld demo; write images, ``trace.json``/``trace.html``/``trace.png`` to ``out``.
-    ``adapter``: a LoRA of the policy (e.g. :data:`ADAPTER`, the shipped GRPO one); None: the SFT start.
+    ``adapter``: a LoRA of the policy (default :data:`ADAPTER`, the shipped GRPO one); None: the SFT start.
     Returns the rewards per prompt (``before``/``after``, per attribute)."""
     from promptloop.policies import SamplingConfig, TransformersPolicy
     from promptloop.rollout import image_seed, sample
