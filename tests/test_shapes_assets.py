@@ -77,7 +77,7 @@ def test_policy_restates_heldout_prompts_at_its_recorded_rate():
 
 
 #: The shipped GRPO policy must beat backbone C alone on the tests' fixed held-out set (32 prompts)
-#: by the margin recorded (and reported in docs/experiment.md), less at most one image's worth.
+#: by the margin recorded (and reported in docs/shapesworld.md), less at most one image's worth.
 MARGIN_TOLERANCE = 1 / 32
 
 
