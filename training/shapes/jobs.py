@@ -21,6 +21,17 @@ ASSETS = get_world("shapes").assets  # the shipped backbones and policy, whereve
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
+def step_metrics(folder: Path) -> dict[int, dict[str, float]]:
+    """A training run's ``metrics.jsonl`` rows merged by step (a resumed run re-logs some steps:
+    the last one counts)."""
+    rows: dict[int, dict[str, float]] = {}
+    for line in (folder / "metrics.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows.setdefault(int(row["step"]), {}).update(row)
+    return rows
+
+
 @dataclass
 class ExperimentSettings:
     """Sizes of the experiment. :data:`FULL` is what the docs report; :data:`REDUCED` runs in CI."""
@@ -94,13 +105,8 @@ class TrainingJob:
         return self.costs_file.exists() and self.adapter.exists()
 
     def metrics(self) -> dict[int, dict[str, float]]:
-        """The run's logged rows by step (a resumed run re-logs some steps: the last one counts)."""
-        rows: dict[int, dict[str, float]] = {}
-        for line in (self.out / "metrics.jsonl").read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                rows.setdefault(row["step"], {}).update(row)
-        return rows
+        """The run's logged rows by step (:func:`step_metrics`)."""
+        return step_metrics(self.out)
 
     @property
     def config_file(self) -> Path:

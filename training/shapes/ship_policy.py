@@ -22,10 +22,12 @@ import argparse
 import json
 import shutil
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import yaml
 
+from promptloop.training.shapes.jobs import step_metrics
 from promptloop.worlds.shapes.backbone import ASSETS, backbone_path
 from promptloop.worlds.shapes.evaluation import STEPWISE_SCHEDULE
 
@@ -94,15 +96,10 @@ def job_costs(job: Path) -> dict:
     (the last row per step, since a resumed run logs its redone steps again)."""
     if (job / "costs.json").exists():
         return json.loads((job / "costs.json").read_text())
-    last: dict[int, dict] = {}
-    screened = 0.0
-    for line in (job / "metrics.jsonl").read_text().splitlines():
-        row = json.loads(line)
-        if "train/images" in row:
-            last[int(row["step"])] = row
-        screened = row.get("screen/images", screened)
-    return {"steps": len(last), "images": int(sum(r["train/images"] for r in last.values())),
-            "screened_images": int(screened)}
+    rows = step_metrics(job).values()
+    return {"steps": sum("train/images" in r for r in rows),
+            "images": int(sum(r.get("train/images", 0.0) for r in rows)),
+            "screened_images": int(sum(r.get("screen/images", 0.0) for r in rows))}
 
 
 def _confirmation(path: Path) -> dict:
@@ -123,7 +120,7 @@ def _confirmation(path: Path) -> dict:
 
 
 def ship(run: Path | None, seed: int, backbone: str, out: Path, sft: Path = ASSETS / "policy-sft", *,
-         job: Path | None = None, confirm: list[Path] = (), command: str | None = None) -> dict:
+         job: Path | None = None, confirm: Sequence[Path] = (), command: str | None = None) -> dict:
     """Copy the adapter of ``job`` (default: the experiment ``run``'s step-wise run of ``seed``) to
     ``out`` with its model card and ``training_info.json``; returns the info."""
     job = job or run / "train" / f"grpo-stepwise-seed{seed}"
